@@ -1,0 +1,179 @@
+"""Execute the book's chapters with papermill, under a named profile, and build the book.
+
+The chapters are MyST Markdown notebooks in ``notebooks/`` (jupytext). Each has a papermill
+``parameters`` cell holding its default (``quick``) settings; a profile overrides them from
+``notebooks/profiles/<chapter>.yml``, a mapping ``profile name → {parameter: value}``. A chapter
+with no entry for a profile runs with its defaults. Every chapter also receives ``profile`` and
+``results_dir`` (where it writes its results files).
+
+    python -m attnprune.notebooks execute [--profile quick] [--only NAME ...]
+    python -m attnprune.notebooks book [--profile quick]
+
+``execute`` writes ``_build/papermill/<profile>/<chapter>.ipynb`` (atomically: a failed or
+interrupted chapter leaves no file) and skips a chapter whose source, parameters and library
+are unchanged since its last successful run. ``book`` executes, copies the executed chapters
+into ``book/executed/`` and runs ``jupyter-book build -W -n``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ROOT / "notebooks"
+BUILD = ROOT / "_build"
+EXECUTED_IN_BOOK = ROOT / "book" / "executed"
+MATHJAX = ROOT / "book" / "_static" / "mathjax"
+STAMP_KEY = "attnprune_stamp"
+
+
+def chapters() -> list[Path]:
+    """The chapter sources, in execution order (their file names start with a number)."""
+    return sorted(NOTEBOOKS.glob("[0-9]*.md"))
+
+
+def profile_parameters(chapter: Path, profile: str) -> dict:
+    """The parameter overrides of ``profile`` for ``chapter`` (empty: the defaults)."""
+    path = NOTEBOOKS / "profiles" / f"{chapter.stem}.yml"
+    if not path.exists():
+        return {}
+    profiles = yaml.safe_load(path.read_text()) or {}
+    return dict(profiles.get(profile) or {})
+
+
+def known_profiles() -> set[str]:
+    names = {"quick"}
+    for path in (NOTEBOOKS / "profiles").glob("*.yml"):
+        names.update((yaml.safe_load(path.read_text()) or {}).keys())
+    return names
+
+
+def executed_dir(profile: str) -> Path:
+    return BUILD / "papermill" / profile
+
+
+def results_dir(profile: str) -> Path:
+    return BUILD / "results" / profile
+
+
+def _stamp(chapter: Path, parameters: dict) -> str:
+    """A hash of what a chapter's output depends on: its source, parameters and the library."""
+    digest = hashlib.sha256(chapter.read_bytes())
+    digest.update(repr(sorted(parameters.items())).encode())
+    for source in sorted((ROOT / "attnprune").rglob("*.py")):
+        digest.update(source.read_bytes())
+    return digest.hexdigest()
+
+
+def _up_to_date(output: Path, stamp: str) -> bool:
+    if not output.exists():
+        return False
+    import nbformat
+
+    return nbformat.read(output, as_version=4).metadata.get(STAMP_KEY) == stamp
+
+
+def execute_chapter(chapter: Path, profile: str, force: bool = False) -> Path:
+    """Run one chapter through papermill; return the executed notebook's path."""
+    import jupytext
+    import nbformat
+    import papermill
+
+    parameters = profile_parameters(chapter, profile)
+    parameters.update(profile=profile, results_dir=str(results_dir(profile)))
+    output = executed_dir(profile) / f"{chapter.stem}.ipynb"
+    stamp = _stamp(chapter, parameters)
+    if not force and _up_to_date(output, stamp):
+        print(f"  {chapter.stem}: up to date ({output.relative_to(ROOT)})", flush=True)
+        return output
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    results_dir(profile).mkdir(parents=True, exist_ok=True)
+    notebook = jupytext.read(chapter)
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    partial = output.with_suffix(".partial.ipynb")
+    start = time.perf_counter()
+    print(f"  {chapter.stem}: executing with profile {profile!r} ...", flush=True)
+    papermill.execute_notebook(
+        notebook, str(partial), parameters=parameters, cwd=str(ROOT),
+        kernel_name="python3", progress_bar=False, log_output=False,
+    )
+    executed = nbformat.read(partial, as_version=4)
+    executed.metadata[STAMP_KEY] = stamp
+    nbformat.write(executed, partial)
+    os.replace(partial, output)
+    print(f"  {chapter.stem}: done in {time.perf_counter() - start:.0f} s", flush=True)
+    return output
+
+
+def execute(profile: str, only: list[str] | None = None, force: bool = False) -> list[Path]:
+    """Execute every chapter (or those named in ``only``) under ``profile``."""
+    if profile not in known_profiles():
+        raise ValueError(f"profile must be one of {sorted(known_profiles())}, got {profile!r}")
+    selected = [c for c in chapters() if not only or c.stem in only or c.stem.split("_", 1)[-1] in only]
+    if only and not selected:
+        raise ValueError(f"no chapter matches {only}; chapters: {[c.stem for c in chapters()]}")
+    print(f"Executing {len(selected)} chapter(s) with profile {profile!r}", flush=True)
+    return [execute_chapter(chapter, profile, force) for chapter in selected]
+
+
+def install_mathjax() -> Path:
+    """Copy MathJax 3 (from the PyPI package django-static-mathjax) into ``book/_static``."""
+    from .assets import package_dir
+
+    source = package_dir("mathjax", "django-static-mathjax==3.2.2.1") / "static" / "mathjax" / "es5"
+    target = MATHJAX
+    if not (target / "tex-svg.js").exists():
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(source, target)
+    return target
+
+
+def build_book(profile: str) -> Path:
+    """Execute every chapter, copy them into ``book/executed/`` and build the HTML book."""
+    executed = execute(profile)
+    install_mathjax()
+    shutil.rmtree(EXECUTED_IN_BOOK, ignore_errors=True)
+    EXECUTED_IN_BOOK.mkdir(parents=True)
+    for notebook in executed:
+        shutil.copy2(notebook, EXECUTED_IN_BOOK / notebook.name)
+    print("Building the HTML book (jupyter-book build -W -n) ...", flush=True)
+    command = [sys.executable, "-m", "jupyter_book", "build", str(ROOT), "-W", "-n", "--keep-going"]
+    subprocess.run(command, check=True, cwd=ROOT)
+    index = BUILD / "html" / "index.html"
+    print(f"The book is at {index}")
+    return index
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m attnprune.notebooks", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("execute", help="execute chapters with papermill")
+    run.add_argument("--profile", default="quick", help="parameter profile (default: quick)")
+    run.add_argument("--only", nargs="*", help="chapter names (e.g. 06_synthetic or synthetic)")
+    run.add_argument("--force", action="store_true", help="re-execute even if up to date")
+    book = sub.add_parser("book", help="execute every chapter and build the HTML book")
+    book.add_argument("--profile", default="quick", help="parameter profile (default: quick)")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "execute":
+            execute(args.profile, args.only, args.force)
+        else:
+            build_book(args.profile)
+    except ValueError as error:
+        parser.error(str(error))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

