@@ -36,6 +36,10 @@ MATHJAX = ROOT / "book" / "_static" / "mathjax"
 STAMP_KEY = "attnprune_stamp"
 
 
+class ChapterFailed(RuntimeError):
+    """A chapter raised an exception (for example a failed ``assert``) while executing."""
+
+
 def chapters() -> list[Path]:
     """The chapter sources, in execution order (their file names start with a number)."""
     return sorted(NOTEBOOKS.glob("[0-9]*.md"))
@@ -89,7 +93,7 @@ def execute_chapter(chapter: Path, profile: str, force: bool = False) -> Path:
     import papermill
 
     parameters = profile_parameters(chapter, profile)
-    parameters.update(profile=profile, results_dir=str(results_dir(profile)))
+    parameters.update(profile=profile, results_dir=str(results_dir(profile).relative_to(ROOT)))
     output = executed_dir(profile) / f"{chapter.stem}.ipynb"
     stamp = _stamp(chapter, parameters)
     if not force and _up_to_date(output, stamp):
@@ -103,10 +107,16 @@ def execute_chapter(chapter: Path, profile: str, force: bool = False) -> Path:
     partial = output.with_suffix(".partial.ipynb")
     start = time.perf_counter()
     print(f"  {chapter.stem}: executing with profile {profile!r} ...", flush=True)
-    papermill.execute_notebook(
-        notebook, str(partial), parameters=parameters, cwd=str(ROOT),
-        kernel_name="python3", progress_bar=False, log_output=False,
-    )
+    try:
+        papermill.execute_notebook(
+            notebook, str(partial), parameters=parameters, cwd=str(ROOT),
+            kernel_name="python3", progress_bar=False, log_output=False,
+        )
+    except papermill.PapermillExecutionError as error:
+        failed = output.with_suffix(".failed.ipynb")
+        os.replace(partial, failed)
+        raise ChapterFailed(f"chapter {chapter.stem} failed ({error.ename}: {error.evalue}); "
+                            f"the executed notebook with the error is {failed}") from None
     executed = nbformat.read(partial, as_version=4)
     executed.metadata[STAMP_KEY] = stamp
     nbformat.write(executed, partial)
@@ -147,7 +157,8 @@ def build_book(profile: str) -> Path:
     for notebook in executed:
         shutil.copy2(notebook, EXECUTED_IN_BOOK / notebook.name)
     print("Building the HTML book (jupyter-book build -W -n) ...", flush=True)
-    command = [sys.executable, "-m", "jupyter_book", "build", str(ROOT), "-W", "-n", "--keep-going"]
+    jupyter_book = Path(sys.executable).with_name("jupyter-book")
+    command = [str(jupyter_book), "build", str(ROOT), "-W", "-n", "--keep-going"]
     subprocess.run(command, check=True, cwd=ROOT)
     index = BUILD / "html" / "index.html"
     print(f"The book is at {index}")
@@ -172,6 +183,12 @@ def main(argv: list[str] | None = None) -> int:
             build_book(args.profile)
     except ValueError as error:
         parser.error(str(error))
+    except ChapterFailed as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except subprocess.CalledProcessError as error:
+        print(f"error: the book build failed (exit status {error.returncode}); see above", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -17,6 +17,14 @@ from typing import Any
 import pandas as pd
 
 VERSIONED = ("attnprune", "torch", "numpy", "transformers", "pandas")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def resolve(path: str | os.PathLike) -> Path:
+    """A results path: absolute as given, or relative to the repository root (not the cwd),
+    so a chapter finds its results wherever its kernel runs (papermill, nbval)."""
+    path = Path(path)
+    return path if path.is_absolute() else ROOT / path
 
 
 def versions() -> dict[str, str]:
@@ -37,7 +45,7 @@ def provenance(profile: str, **settings: Any) -> dict[str, Any]:
 
 def write_atomic(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` to a temporary file beside ``path``, then rename it into place."""
-    path = Path(path)
+    path = resolve(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -56,7 +64,7 @@ def write_json(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
 
 
 def read_json(path: str | os.PathLike) -> dict[str, Any]:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+    return json.loads(resolve(path).read_text(encoding="utf-8"))
 
 
 def write_table(path: str | os.PathLike, rows: pd.DataFrame, meta: dict[str, Any]) -> Path:

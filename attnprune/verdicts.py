@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .results import read_json, write_json
+from .results import read_json, resolve, write_json
 
 VERDICTS = ("holds", "holds with caveats", "fails")
 
@@ -39,7 +39,7 @@ def record(results_dir: str | os.PathLike, chapter: str, verdicts: list[Verdict]
 
 def collect(results_dir: str | os.PathLike) -> pd.DataFrame:
     """Every recorded verdict, in chapter order."""
-    files = sorted((Path(results_dir) / "verdicts").glob("*.json"))
+    files = sorted((resolve(results_dir) / "verdicts").glob("*.json"))
     rows = [row for path in files for row in read_json(path)["verdicts"]]
     return pd.DataFrame(rows, columns=["claim", "chapter", "evidence", "verdict"])
 
