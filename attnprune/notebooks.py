@@ -104,7 +104,8 @@ def execute_chapter(chapter: Path, profile: str, force: bool = False) -> Path:
     results_dir(profile).mkdir(parents=True, exist_ok=True)
     notebook = jupytext.read(chapter)
     notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    partial = output.with_suffix(".partial.ipynb")
+    partial = BUILD / "papermill" / ".partial" / f"{profile}-{output.name}"
+    partial.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     print(f"  {chapter.stem}: executing with profile {profile!r} ...", flush=True)
     try:
@@ -113,8 +114,10 @@ def execute_chapter(chapter: Path, profile: str, force: bool = False) -> Path:
             kernel_name="python3", progress_bar=False, log_output=False,
         )
     except papermill.PapermillExecutionError as error:
-        failed = output.with_suffix(".failed.ipynb")
+        failed = BUILD / "papermill" / f"{profile}-failed" / output.name
+        failed.parent.mkdir(parents=True, exist_ok=True)
         os.replace(partial, failed)
+        output.unlink(missing_ok=True)  # never leave a stale success behind
         raise ChapterFailed(f"chapter {chapter.stem} failed ({error.ename}: {error.evalue}); "
                             f"the executed notebook with the error is {failed}") from None
     executed = nbformat.read(partial, as_version=4)
@@ -126,14 +129,26 @@ def execute_chapter(chapter: Path, profile: str, force: bool = False) -> Path:
 
 
 def execute(profile: str, only: list[str] | None = None, force: bool = False) -> list[Path]:
-    """Execute every chapter (or those named in ``only``) under ``profile``."""
+    """Execute every chapter (or those named in ``only``) under ``profile``.
+
+    A failing chapter does not stop the others; the failures are reported together at the end.
+    """
     if profile not in known_profiles():
         raise ValueError(f"profile must be one of {sorted(known_profiles())}, got {profile!r}")
     selected = [c for c in chapters() if not only or c.stem in only or c.stem.split("_", 1)[-1] in only]
     if only and not selected:
         raise ValueError(f"no chapter matches {only}; chapters: {[c.stem for c in chapters()]}")
     print(f"Executing {len(selected)} chapter(s) with profile {profile!r}", flush=True)
-    return [execute_chapter(chapter, profile, force) for chapter in selected]
+    executed, failures = [], []
+    for chapter in selected:
+        try:
+            executed.append(execute_chapter(chapter, profile, force))
+        except ChapterFailed as failure:
+            print(f"  {chapter.stem}: FAILED", flush=True)
+            failures.append(str(failure))
+    if failures:
+        raise ChapterFailed("\n".join(failures))
+    return executed
 
 
 def install_mathjax() -> Path:

