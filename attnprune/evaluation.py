@@ -12,7 +12,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .batches import batches, check_input_ids, model_device
 

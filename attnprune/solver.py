@@ -131,12 +131,14 @@ def prune(
         raise ValueError(f"ramp must lie in (0, 1], got {ramp}")
     M = _initial_mask(problem, M0)
     eta = _initial_step(problem, step_size)
+    scaled = False  # Armijo: has the scale-free first trial been taken yet?
 
     trace = Trace()
     for t in range(steps):
         loss, grad = problem.loss_and_gradient(M)
         if step_size == "armijo":
-            trial = 2.0 * eta if t > 0 else _armijo_first_trial(M, grad, eta)
+            trial = 2.0 * eta if scaled else _armijo_first_trial(M, grad, eta)
+            scaled = scaled or bool(grad.norm() > 0)
             taken, M = armijo_step(problem, M, loss, grad, trial)
             eta = taken if taken > 0 else eta
         else:
@@ -158,7 +160,10 @@ def _initial_step(problem: PruningProblem, step_size: float | str) -> float:
 
 
 def _armijo_first_trial(M: Tensor, grad: Tensor, fallback: float) -> float:
-    """The first Armijo trial moves M by its own norm: η = ‖M‖_F / ‖∇L‖_F (scale-free)."""
+    """The first Armijo trial moves M by its own norm: η = ‖M‖_F / ‖∇L‖_F (scale-free).
+
+    It is taken at the first step with a nonzero gradient (at M₀ = 1 with λ = 0 the gradient is
+    exactly zero, and the projected variant only moves M away from there by its projection)."""
     g = float(grad.norm())
     return float(M.norm()) / g if g > 0 else fallback
 
