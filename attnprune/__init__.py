@@ -11,7 +11,20 @@ Att(M∘W) stays close to Att(W). The modules, one idea each:
 - :mod:`attnprune.theory`     the constants of the theory (Lipschitz bound, ...)
 - :mod:`attnprune.results`    atomic, provenance-stamped results files
 - :mod:`attnprune.verdicts`   the "Claims and verdicts" table
+- :mod:`attnprune.baselines`  magnitude, Wanda and SparseGPT on a linear layer
+- :mod:`attnprune.models`, :mod:`attnprune.data`, :mod:`attnprune.calibration`,
+  :mod:`attnprune.evaluation`  the real model, its texts, its attention inputs, perplexity
+- :mod:`attnprune.fused`      the fused experiment on a real model (Figure 3)
+- :mod:`attnprune.deployable`, :mod:`attnprune.pipeline`, :mod:`attnprune.comparison`
+  masks on q_proj/k_proj fitted to the true attention, for a whole model, and their comparison
+- :mod:`attnprune.cli`        the ``attnprune prune`` / ``attnprune eval`` commands
 """
+
+import warnings
+
+# huggingface_hub imports tqdm.auto, which warns inside a Jupyter kernel without ipywidgets; our
+# progress bars are text (or off) in the chapters, so the warning is noise in their output.
+warnings.filterwarnings("ignore", message="IProgress not found")
 
 from .attention import attention_matrix, causal_mask, relative_error, row_entropy, row_softmax
 from .masks import hard_mask, n_pruned, sparsity_of

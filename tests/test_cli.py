@@ -1,0 +1,99 @@
+"""The ``attnprune`` command line: --help, and a tiny prune + eval end to end on a saved tiny
+Llama-3.2-shaped model with the real Llama 3 tokenizer and a local text file."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import transformers
+
+from attnprune import cli
+from attnprune.masks import n_pruned
+from attnprune.pipeline import qk_modules
+
+WORDS = ("the quick brown fox jumps over a lazy dog while seven wizards quietly judge "
+         "boxing matches in the old town square near the river").split()
+
+
+@pytest.fixture(scope="module")
+def saved_model(tiny_llama, llama3_tokenizer, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny")
+    tiny_llama.save_pretrained(folder)
+    llama3_tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory):
+    generator = torch.Generator().manual_seed(0)
+    picks = torch.randint(len(WORDS), (1500,), generator=generator)
+    path = tmp_path_factory.mktemp("text") / "corpus.txt"
+    path.write_text(" ".join(WORDS[i] for i in picks) + "\n", encoding="utf-8")
+    return path
+
+
+def test_help_explains_every_option(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["--help"])
+    assert exit_.value.code == 0
+    assert "prune" in capsys.readouterr().out
+    for command, options in {
+        "prune": ["--model", "--method", "--sparsity", "--calib", "--out", "--n-calibration", "--seq-len",
+                  "--layers", "--capture", "--steps", "--support", "--device", "--no-progress"],
+        "eval": ["--model", "--data", "--split", "--seq-len", "--max-sequences", "--summary"],
+    }.items():
+        with pytest.raises(SystemExit):
+            cli.main([command, "--help"])
+        text = capsys.readouterr().out
+        for option in options:
+            assert option in text, f"{command} --help does not mention {option}"
+        assert text.count("default") >= 3
+
+
+def test_prune_then_eval_end_to_end(saved_model, text_file, tmp_path, capsys):
+    out = tmp_path / "pruned"
+    code = cli.main(["prune", "--model", str(saved_model), "--method", "ours", "--sparsity", "0.5",
+                     "--calib", str(text_file), "--out", str(out), "--n-calibration", "2", "--seq-len", "16",
+                     "--layers", "1", "--steps", "3", "--no-progress"])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary == json.loads((out / cli.SUMMARY).read_text())
+    assert summary["method"] == "ours" and summary["layers"] == [1] and summary["n_calibration"] == 2
+    assert summary["options"]["steps"] == 3 and summary["sparsity_summary"]["pruned_weights"] == 0.5
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    for module in qk_modules(reloaded, 1):
+        assert torch.all((module.weight == 0).sum(1) == n_pruned(module.weight.shape[1], 0.5))
+    assert all(int((m.weight == 0).sum()) == 0 for m in qk_modules(reloaded, 0))
+
+    report = tmp_path / "eval.json"
+    assert cli.main(["eval", "--model", str(out), "--data", str(text_file), "--seq-len", "16",
+                     "--max-sequences", "3", "--no-progress", "--summary", str(report)]) == 0
+    evaluation = json.loads(capsys.readouterr().out)
+    assert evaluation == json.loads(report.read_text())
+    assert evaluation["n_sequences"] == 3 and evaluation["perplexity"] > 1.0
+
+
+def test_baseline_prune_and_errors(saved_model, text_file, tmp_path, capsys):
+    out = tmp_path / "wanda"
+    assert cli.main(["prune", "--model", str(saved_model), "--method", "wanda", "--sparsity", "0.3",
+                     "--calib", str(text_file), "--out", str(out), "--n-calibration", "2", "--seq-len", "16",
+                     "--no-progress"]) == 0
+    assert json.loads(capsys.readouterr().out)["sparsity_summary"]["pruned_weights"] == pytest.approx(0.3, abs=2e-3)
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["prune", "--model", str(saved_model), "--method", "wanda", "--sparsity", "0.3",
+                  "--calib", str(text_file), "--out", str(out), "--steps", "3"])
+    assert exit_.value.code == 2
+    assert "--steps apply to --method ours only" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["prune", "--model", str(saved_model), "--method", "wanda", "--sparsity", "1.5",
+                  "--calib", str(text_file), "--out", str(out)])
+    assert "sparsity" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["eval", "--model", str(tmp_path / "missing"), "--data", str(text_file)])
+    assert "no such local model folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["prune", "--model", str(saved_model), "--method", "obs", "--sparsity", "0.3",
+                  "--calib", str(text_file), "--out", str(out)])
+    assert "invalid choice" in capsys.readouterr().err
