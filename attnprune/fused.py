@@ -41,12 +41,11 @@ from tqdm import tqdm
 from .attention import attention_matrix
 from .baselines import hessian
 from .calibration import capture_attention_inputs
-from .masks import sparsity_of
+from .deployable import step_size as schedule_step
+from .masks import hard_mask, sparsity_of
 from .models import AttentionShape, attention_shape
 from .objective import PruningProblem
 from .pipeline import LINEAR, linear_prune, qk_modules
-from .deployable import step_size as schedule_step
-from .masks import hard_mask
 from .solver import OUTPUTS, PruneResult, Trace, prune, score_of, target_sparsity
 from .validation import check_positive_int, check_sparsity
 

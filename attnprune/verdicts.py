@@ -44,6 +44,15 @@ def collect(results_dir: str | os.PathLike) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["claim", "chapter", "evidence", "verdict"])
 
 
+def collect_other_profiles(results_dir: str | os.PathLike) -> dict[str, pd.DataFrame]:
+    """The verdicts recorded by the *other* profiles next to ``results_dir`` (its sibling folders
+    ``_build/results/<profile>``), profile → table; empty where no other profile has been run."""
+    here = resolve(results_dir)
+    siblings = sorted(p for p in here.parent.iterdir() if p.is_dir() and p != here) if here.parent.exists() else []
+    tables = {p.name: collect(p) for p in siblings if (p / "verdicts").is_dir()}
+    return {name: table for name, table in tables.items() if len(table)}
+
+
 def verdict_from(holds: bool, caveat: bool = False) -> str:
     """"holds", "holds with caveats" or "fails" from two booleans computed by the chapter."""
     if not holds:

@@ -50,3 +50,14 @@ def test_verdicts_are_one_of_three_words():
     assert verdicts.verdict_from(True) == "holds"
     assert verdicts.verdict_from(True, caveat=True) == "holds with caveats"
     assert verdicts.verdict_from(False, caveat=True) == "fails"
+
+
+def test_other_profiles_are_the_sibling_results_folders_with_verdicts(tmp_path):
+    book, full = tmp_path / "quick", tmp_path / "offline-full"
+    verdicts.record(book, "07_x", [verdicts.Verdict("c", "07_x", "e", "holds")])
+    assert verdicts.collect_other_profiles(book) == {}
+    (tmp_path / "empty").mkdir()
+    verdicts.record(full, "07_x", [verdicts.Verdict("c", "07_x", "big run", "fails")])
+    others = verdicts.collect_other_profiles(book)
+    assert list(others) == ["offline-full"]
+    assert others["offline-full"]["evidence"].tolist() == ["big run"]
