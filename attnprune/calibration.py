@@ -31,7 +31,8 @@ class _Stop(Exception):
     """Raised by a hook to end a forward pass once what was needed is captured."""
 
 
-def _check_layers(model: nn.Module, layers: list[int] | None) -> list[int]:
+def check_layers(model: nn.Module, layers: list[int] | None) -> list[int]:
+    """The sorted distinct layer indices of ``layers`` (all layers if None), checked against the model."""
     count = len(decoder_layers(model))
     if layers is None:
         return list(range(count))
@@ -53,7 +54,7 @@ def capture_attention_inputs(
     batches of ``batch_size`` sequences. The pass stops after the last requested layer.
     """
     input_ids = check_input_ids(input_ids)
-    layers = _check_layers(model, layers)
+    layers = check_layers(model, layers)
     blocks = decoder_layers(model)
     captured: dict[int, list[Tensor]] = {i: [] for i in layers}
 

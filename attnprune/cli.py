@@ -99,14 +99,14 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
 
-OURS_FLAGS = {"steps": "steps", "lr": "lr", "output": "output", "selection": "selection",
-              "support": "support", "anchor": "anchor", "lam": "lam", "sequences_per_step": "sequences_per_step"}
+OURS_OPTIONS = ("steps", "lr", "output", "selection", "support", "anchor", "lam", "sequences_per_step")
+"""The options of ``prune`` that go to :func:`attnprune.pipeline.prune_model` for ours (same names)."""
 
 
 def prune_command(args: argparse.Namespace) -> dict:
     from .pipeline import prune_model
 
-    options = {key: getattr(args, flag) for flag, key in OURS_FLAGS.items() if getattr(args, flag) is not None}
+    options = {key: getattr(args, key) for key in OURS_OPTIONS if getattr(args, key) is not None}
     if options and args.method != "ours":
         flags = ", ".join(f"--{key.replace('_', '-')}" for key in sorted(options))
         raise ValueError(f"{flags} apply to --method ours only")

@@ -39,13 +39,12 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from .attention import attention_matrix
-from .baselines import hessian
 from .calibration import capture_attention_inputs
 from .deployable import step_size as schedule_step
 from .masks import hard_mask, sparsity_of
 from .models import AttentionShape, attention_shape
 from .objective import PruningProblem
-from .pipeline import LINEAR, linear_prune, qk_modules
+from .pipeline import LINEAR, linear_pair, linear_prune, qk_modules
 from .solver import OUTPUTS, PruneResult, Trace, prune, score_of, target_sparsity
 from .validation import check_positive_int, check_sparsity
 
@@ -91,9 +90,7 @@ def baseline_fused_weights(method: str, application: str, Wq: Tensor, Wk: Tensor
     """A linear baseline's pruned fused weights (h, d, d) and the fraction of zeros in what it
     pruned (the two factors, or the fused weights)."""
     if application == "factors":
-        H = hessian(X, Wq) if method == "sparsegpt" else None
-        q = linear_prune(method, Wq, X, sparsity, H).weight
-        k = linear_prune(method, Wk, X, sparsity, H).weight
+        q, k = (result.weight for result in linear_pair(method, Wq, Wk, X, sparsity))
         return fused_weights(q, k, shape), sparsity_of(torch.cat([q, k]))
     if application != "fused":
         raise ValueError(f"application must be one of {APPLICATIONS}, got {application!r}")

@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from .baselines import LinearPruneResult, hessian, magnitude_prune, sparsegpt_prune, wanda_prune
 from .batches import check_input_ids
-from .calibration import attention_input, layer_inputs, run_layer
+from .calibration import attention_input, check_layers, layer_inputs, run_layer
 from .deployable import LayerProblem, fit_qk
 from .masks import sparsity_of
 from .models import attention_shape, decoder_layers, linear_weight_count
@@ -133,18 +133,18 @@ def prune_layer(problem: LayerProblem, method: str, sparsity: float, *, support:
     """The pruned (W_q, W_k) of one layer by ``method``; ``fit_options`` go to :func:`fit_qk`."""
     check_choice("method", method, METHODS)
     if method in LINEAR:
-        return tuple(r.weight for r in _linear_pair(method, problem, sparsity))
+        return tuple(r.weight for r in linear_pair(method, problem.Wq, problem.Wk, problem.X, sparsity))
     if support is not None:
         check_choice("support", support, LINEAR)
-        fit_options["support"] = _linear_pair(support, problem, sparsity)
+        fit_options["support"] = linear_pair(support, problem.Wq, problem.Wk, problem.X, sparsity)
     fit = fit_qk(problem, sparsity, validation=validation, **fit_options)
     return fit.weight_q, fit.weight_k
 
 
-def _linear_pair(method: str, problem: LayerProblem, sparsity: float) -> tuple[LinearPruneResult, LinearPruneResult]:
-    H = hessian(problem.X, problem.Wq) if method == "sparsegpt" else None
-    return (linear_prune(method, problem.Wq, problem.X, sparsity, H),
-            linear_prune(method, problem.Wk, problem.X, sparsity, H))
+def linear_pair(method: str, Wq: Tensor, Wk: Tensor, X: Tensor, sparsity: float) -> tuple[LinearPruneResult, LinearPruneResult]:
+    """One baseline on W_q and on W_k, which read the same X (so SparseGPT's H = XᵀX is built once)."""
+    H = hessian(X, Wq) if method == "sparsegpt" else None
+    return linear_prune(method, Wq, X, sparsity, H), linear_prune(method, Wk, X, sparsity, H)
 
 
 # -- the whole model --------------------------------------------------------------------------------
@@ -177,8 +177,7 @@ def prune_model(
     check_choice("method", method, METHODS)
     rho = check_sparsity("sparsity", sparsity)
     check_choice("capture", capture, CAPTURES)
-    count = len(decoder_layers(model))
-    layers = list(range(count)) if layers is None else _check_layers(layers, count)
+    layers = check_layers(model, layers)
     if method in LINEAR and options:
         raise ValueError(f"options {sorted(options)} apply to method 'ours' only, not {method!r}")
     if method == "ours":
@@ -240,12 +239,6 @@ def _prune_one(model, layer, inputs, streams, method, rho, batch_size, problem_o
 def _advance(model: nn.Module, layer: int, streams: dict, batch_size: int) -> None:
     for name, (hidden, kwargs) in streams.items():
         streams[name] = (run_layer(model, layer, hidden, kwargs, batch_size=batch_size), kwargs)
-
-
-def _check_layers(layers: list[int], count: int) -> list[int]:
-    if isinstance(layers, int) or not layers or not all(isinstance(i, int) and 0 <= i < count for i in layers):
-        raise ValueError(f"layers must be a non-empty list of layer indices in [0, {count}), got {layers!r}")
-    return sorted(set(layers))
 
 
 # -- per-layer attention error of pruned weights ---------------------------------------------------
