@@ -21,10 +21,10 @@ from pathlib import Path
 
 import torch
 
-from .data import DATASETS, evaluation_sequences, load_texts, token_sequences
-from .models import OFFLINE_MODEL, PAPER_MODEL, load_model
-from .pipeline import CAPTURES, LINEAR, METHODS, OURS_DEFAULTS, REFIT_DEFAULTS
-from .results import versions, write_json
+from .llm.data import DATASETS, evaluation_sequences, load_texts, token_sequences
+from .llm.models import OFFLINE_MODEL, PAPER_MODEL, load_model
+from .llm.prune import CAPTURES, LINEAR, METHODS, OURS_DEFAULTS, REFIT_DEFAULTS
+from .records.results import versions, write_json
 
 SUMMARY = "attnprune_summary.json"
 DATA_HELP = f"one of {', '.join(DATASETS)} or the path of a local UTF-8 .txt file"
@@ -100,11 +100,11 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 OURS_OPTIONS = ("steps", "lr", "output", "selection", "support", "anchor", "lam", "sequences_per_step")
-"""The options of ``prune`` that go to :func:`attnprune.pipeline.prune_model` for ours (same names)."""
+"""The options of ``prune`` that go to :func:`attnprune.llm.prune.prune_model` for ours (same names)."""
 
 
 def prune_command(args: argparse.Namespace) -> dict:
-    from .pipeline import prune_model
+    from .llm.prune import prune_model
 
     options = {key: getattr(args, key) for key in OURS_OPTIONS if getattr(args, key) is not None}
     if options and args.method != "ours":
@@ -125,7 +125,7 @@ def prune_command(args: argparse.Namespace) -> dict:
 
 
 def eval_command(args: argparse.Namespace) -> dict:
-    from .evaluation import perplexity
+    from .llm.evaluate import perplexity
 
     model, tokenizer = load_model(args.model, device=args.device)
     ids = evaluation_sequences(tokenizer, load_texts(args.data, args.split), args.seq_len, args.max_sequences)

@@ -153,7 +153,7 @@ def execute(profile: str, only: list[str] | None = None, force: bool = False) ->
 
 def install_mathjax() -> Path:
     """Copy MathJax 3 (from the PyPI package django-static-mathjax) into ``book/_static``."""
-    from .assets import package_dir
+    from .llm.assets import package_dir
 
     source = package_dir("mathjax", "django-static-mathjax==3.2.2.1") / "static" / "mathjax" / "es5"
     target = MATHJAX

@@ -70,8 +70,8 @@ def load(args: argparse.Namespace):
         calib = torch.randint(128000, (args.n_calibration, args.seq_len), generator=generator)
         evaluation = torch.randint(128000, (args.eval_sequences, args.eval_len), generator=generator)
         return model, calib, evaluation
-    from attnprune.data import evaluation_sequences, load_texts, token_sequences
-    from attnprune.models import load_model
+    from attnprune.llm.data import evaluation_sequences, load_texts, token_sequences
+    from attnprune.llm.models import load_model
 
     model, tokenizer = load_model(args.model, device=args.device)
     calib = token_sequences(tokenizer, load_texts("austen", "calibration"), args.n_calibration, args.seq_len, seed=0)
@@ -83,8 +83,8 @@ def worker(args: argparse.Namespace) -> dict:
     """One measurement in this (fresh) process: pruning with one method, or the evaluation."""
     import torch
 
-    from attnprune.evaluation import perplexity
-    from attnprune.pipeline import prune_model
+    from attnprune.llm.evaluate import perplexity
+    from attnprune.llm.prune import prune_model
 
     model, calib, evaluation = load(args)
     if args.device.startswith("cuda"):
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         for target, met in targets.items():
             print(f"{'met' if met else 'NOT met'}: {target}")
     sys.path.insert(0, str(ROOT))
-    from attnprune.results import provenance, write_json
+    from attnprune.records.results import provenance, write_json
 
     out = Path(args.out) if args.out else ROOT / "_build" / "benchmark" / f"{name}-{args.device}.json"
     meta = provenance("benchmark", model=name, data="austen" if not args.random_llama_1b else "random token ids",

@@ -38,5 +38,5 @@ else
 fi
 
 echo "setup: checking the offline assets (installing what is missing)"
-"$VENV/bin/python" -m attnprune.assets install
+"$VENV/bin/python" -m attnprune.llm.assets install
 echo "setup: done (activate with: source .venv/bin/activate)"

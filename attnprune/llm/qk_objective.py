@@ -1,0 +1,358 @@
+"""Deployable pruning: masks on one layer's ``q_proj``/``k_proj`` weights, fitted to its true
+attention probabilities (spec §7, experiment 2).
+
+For a decoder layer with attention input X (N × T × d, after the input norm), weights
+W_q (h·k × d) and W_k (g·k × d) in ``nn.Linear`` layout, real masks M_q, M_k of their shapes:
+
+    Q = rope(X (M_q∘W_q)ᵀ),  K = rope(X (M_k∘W_k)ᵀ),  query head i reads KV head i // (h/g),
+    P_i(M) = softmax(C ∘ Q_i K_{g(i)}ᵀ / √k)   (causal: −inf above the diagonal),
+    L(M) = ‖P(M) − P(1)‖²_F / ‖P(1)‖²_F + (λ/2)·mean(M²) + (μ/2)·mean((M − 1)²)
+
+summed over the N sequences and the h heads. This is Definition 3.2 with the rotary embedding,
+grouped-query attention and the 1/√k scaling of the real layer. **[choice]** The fit term is the
+relative error (the number the book reports), and both penalties are means over the mask
+entries, so one setting of λ, μ, the step size means the same at every layer, N and T. μ is
+the "regularise toward the dense weights" remedy (0 by default).
+
+The descent reuses the machinery of :mod:`attnprune.core.solver`: the projected variant (iterative
+hard thresholding) with the target sparsity ρ_t of :func:`~attnprune.core.solver.target_sparsity`,
+the scores of :func:`~attnprune.core.solver.score_of` (|M∘W| or M) and :func:`~attnprune.core.masks.hard_mask`
+with an exact count of zeros per row (``group="row"``, as the baselines) or per matrix. The
+gradient comes from autograd; **[choice]** the step is Adam's (one forward and backward per step,
+per-entry scale-free), since an Armijo search needs extra forward passes that the time budget of
+a 30-layer model does not allow. The outputs (spec §3): ``"reweighted"`` B∘M∘W and
+``"mask-only"`` B∘W; for the mask-only output ``selection="straight-through"`` fits the hard mask
+itself (forward with B_t∘W, gradient passed to M), a better selection than ranking a reweighted M.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from ..core.attention import row_softmax
+from ..core.masks import GROUPS, hard_mask
+from .models import AttentionShape
+from ..core.solver import OUTPUTS, SCHEDULES, SCORES, score_of, step_size, target_sparsity
+from ..core.checks import (
+    check_choice,
+    check_nonnegative,
+    check_positive,
+    check_positive_int,
+    check_same_shape,
+    check_sparsity,
+    check_tensor,
+)
+
+SELECTIONS = ("projected", "straight-through")
+CACHE_ELEMENTS = 1 << 26
+"""The dense probabilities P(1) are kept in memory below this many entries (256 MB in float32),
+and recomputed from the cached rotated queries and keys above it."""
+
+
+def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """The rotary embedding of Llama (``apply_rotary_pos_emb``): x·cos + rotate_half(x)·sin,
+    for x of shape (N, heads, T, k) and cos, sin of shape (1 or N, T, k)."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos.unsqueeze(1) + rotated * sin.unsqueeze(1)
+
+
+def queries_keys(
+    X: Tensor, Wq: Tensor, Wk: Tensor, cos: Tensor, sin: Tensor, shape: AttentionShape,
+    bq: Tensor | None = None, bk: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Rotated queries (N, h, T, k) and keys (N, g, T, k) of the layer for weights W_q, W_k."""
+    N, T, _ = X.shape
+    q = torch.nn.functional.linear(X, Wq, bq).view(N, T, shape.heads, shape.head_dim).transpose(1, 2)
+    k = torch.nn.functional.linear(X, Wk, bk).view(N, T, shape.kv_heads, shape.head_dim).transpose(1, 2)
+    return rotate(q, cos, sin), rotate(k, cos, sin)
+
+
+def probabilities_from(q: Tensor, k: Tensor, shape: AttentionShape) -> Tensor:
+    """P = causal row softmax of Q Kᵀ/√k with query head i reading KV head i // (h/g): (N, h, T, T).
+
+    The query heads are grouped by KV head instead of repeating the keys (no copy of K)."""
+    N, _, T, hd = q.shape
+    grouped = q.reshape(N, shape.kv_heads, shape.group_size, T, hd)
+    S = grouped @ k.unsqueeze(2).transpose(-1, -2) / math.sqrt(hd)
+    return row_softmax(S.reshape(N, shape.heads, T, T), causal=True)
+
+
+def attention_probabilities(
+    X: Tensor, Wq: Tensor, Wk: Tensor, cos: Tensor, sin: Tensor, shape: AttentionShape,
+    bq: Tensor | None = None, bk: Tensor | None = None,
+) -> Tensor:
+    """The layer's true attention probabilities P (N, h, T, T): rotary embedding, grouped-query
+    attention, causal mask, 1/√k. Matches the eager attention of ``transformers``."""
+    return probabilities_from(*queries_keys(X, Wq, Wk, cos, sin, shape, bq, bk), shape)
+
+
+@dataclass
+class LayerProblem:
+    """The deployable objective of one layer (module docstring) on inputs X (N × T × d).
+
+    ``cos``, ``sin`` are the rotary tables (1 or N, T, k) of positions 0..T−1; ``lam`` is λ and
+    ``anchor`` is μ. The sequences are split into chunks of ``batch_size`` (memory: one chunk's
+    attention is alive at a time); the dense target P(1) of each chunk is computed once.
+    """
+
+    X: Tensor
+    Wq: Tensor
+    Wk: Tensor
+    cos: Tensor
+    sin: Tensor
+    shape: AttentionShape
+    bq: Tensor | None = None
+    bk: Tensor | None = None
+    lam: float = 0.0
+    anchor: float = 0.0
+    batch_size: int = 8
+    _chunks: list = field(init=False, repr=False)
+    _dense: list = field(init=False, repr=False)
+    _norms: list = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._check()
+        self._chunks = list(torch.arange(self.X.shape[0], device=self.X.device).split(self.batch_size))
+        keep = self.X.shape[0] * self.shape.heads * self.X.shape[1] ** 2 <= CACHE_ELEMENTS
+        with torch.no_grad():
+            dense = [self._queries_keys(self.Wq, self.Wk, c) for c in range(self.n_chunks)]
+            self._dense = [probabilities_from(*qk, self.shape) if keep else qk for qk in dense]
+            self._norms = [float(self.target(c).square().sum()) for c in range(self.n_chunks)]
+
+    @property
+    def n_chunks(self) -> int:
+        return len(self._chunks)
+
+    def target(self, chunk: int) -> Tensor:
+        """P(1), the dense attention probabilities of chunk ``chunk`` (b, h, T, T)."""
+        dense = self._dense[chunk]
+        return dense if isinstance(dense, Tensor) else probabilities_from(*dense, self.shape)
+
+    def probabilities(self, Wq: Tensor, Wk: Tensor, chunk: int) -> Tensor:
+        """P for weights W̃_q, W̃_k on chunk ``chunk`` (differentiable)."""
+        return probabilities_from(*self._queries_keys(Wq, Wk, chunk), self.shape)
+
+    def squared_error(self, Wq: Tensor, Wk: Tensor, chunk: int) -> Tensor:
+        """‖P(W̃) − P(1)‖²_F on one chunk (differentiable)."""
+        return (self.probabilities(Wq, Wk, chunk) - self.target(chunk)).square().sum()
+
+    def target_norm(self, chunks: list[int] | None = None) -> float:
+        """‖P(1)‖²_F over ``chunks`` (all if None)."""
+        return sum(self._norms[c] for c in (range(self.n_chunks) if chunks is None else chunks))
+
+    @torch.no_grad()
+    def relative_error(self, Wq: Tensor, Wk: Tensor) -> float:
+        """‖P(W̃) − P(1)‖²_F / ‖P(1)‖²_F over every sequence, for pruned weights W̃_q, W̃_k."""
+        check_same_shape("Wq", Wq, "the layer's q_proj weight", self.Wq)
+        check_same_shape("Wk", Wk, "the layer's k_proj weight", self.Wk)
+        error = sum(float(self.squared_error(Wq, Wk, c)) for c in range(self.n_chunks))
+        return error / self.target_norm()
+
+    def penalty(self, Mq: Tensor, Mk: Tensor) -> Tensor:
+        """(λ/2)·mean(M²) + (μ/2)·mean((M − 1)²) over the entries of both masks."""
+        size = Mq.numel() + Mk.numel()
+        total = torch.zeros((), dtype=Mq.dtype, device=Mq.device)
+        if self.lam:
+            total = total + 0.5 * self.lam * (Mq.square().sum() + Mk.square().sum()) / size
+        if self.anchor:
+            total = total + 0.5 * self.anchor * ((Mq - 1).square().sum() + (Mk - 1).square().sum()) / size
+        return total
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _queries_keys(self, Wq: Tensor, Wk: Tensor, chunk: int) -> tuple[Tensor, Tensor]:
+        rows = self._chunks[chunk]
+        cos = self.cos if self.cos.shape[0] == 1 else self.cos[rows]
+        sin = self.sin if self.sin.shape[0] == 1 else self.sin[rows]
+        return queries_keys(self.X[rows], Wq, Wk, cos, sin, self.shape, self.bq, self.bk)
+
+    def _check(self) -> None:
+        check_tensor("X", self.X, min_ndim=3)
+        s = self.shape
+        if self.X.ndim != 3 or self.X.shape[-1] != s.hidden:
+            raise ValueError(f"X must be N × T × d with d = {s.hidden}, got shape {tuple(self.X.shape)}")
+        check_tensor("Wq", self.Wq)
+        check_tensor("Wk", self.Wk)
+        if self.Wq.shape != (s.heads * s.head_dim, s.hidden) or self.Wk.shape != (s.kv_heads * s.head_dim, s.hidden):
+            raise ValueError(
+                f"Wq must be (heads·head_dim × hidden) = {(s.heads * s.head_dim, s.hidden)} and Wk "
+                f"{(s.kv_heads * s.head_dim, s.hidden)}, got {tuple(self.Wq.shape)} and {tuple(self.Wk.shape)}"
+            )
+        if self.cos.shape[-2:] != (self.X.shape[1], s.head_dim) or self.sin.shape != self.cos.shape:
+            raise ValueError(
+                f"cos and sin must be (1 or N, T, head_dim) = (1, {self.X.shape[1]}, {s.head_dim}), "
+                f"got {tuple(self.cos.shape)} and {tuple(self.sin.shape)}; take them from the "
+                "model's rotary embedding at positions 0..T−1"
+            )
+        check_nonnegative("lam", self.lam)
+        check_nonnegative("anchor", self.anchor)
+        check_positive_int("batch_size", self.batch_size)
+
+
+@dataclass
+class QKTrace:
+    """Per step t: the objective L(M_t) on the step's sequences and the zeros in M after the
+    step; and (step, relative error) at each check on the validation sequences."""
+
+    loss: list[float] = field(default_factory=list)
+    sparsity: list[float] = field(default_factory=list)
+    validation: list[tuple[int, float]] = field(default_factory=list)
+
+
+@dataclass
+class QKFit:
+    """The outcome of :func:`fit_qk`: hard masks B (0/1, exact sparsity), learned real masks M,
+    the pruned weights to deploy, the trace, and the step whose masks were kept."""
+
+    mask_q: Tensor
+    mask_k: Tensor
+    Mq: Tensor
+    Mk: Tensor
+    weight_q: Tensor
+    weight_k: Tensor
+    trace: QKTrace
+    step: int
+
+
+def fit_qk(
+    problem: LayerProblem,
+    sparsity: float,
+    *,
+    steps: int = 160,
+    lr: float = 0.01,
+    ramp: float = 0.5,
+    score: str = "magnitude",
+    group: str = "row",
+    output: str = "reweighted",
+    selection: str = "projected",
+    support: tuple | None = None,
+    chunks_per_step: int | None = None,
+    validation: LayerProblem | None = None,
+    check_every: int = 5,
+    schedule: str = "final-decay",
+    seed: int = 0,
+) -> QKFit:
+    """Projected descent on (M_q, M_k) for the layer objective; hard masks at exact sparsity ρ.
+
+    ``steps`` Adam steps of size ``lr`` (``schedule``: "final-decay" decays it linearly to 0 over
+    the last quarter of the steps, see :func:`step_size`) from M = 1 (the dense layer); the target sparsity rises
+    from 0 to ρ over the first ``ramp`` fraction of the steps (:func:`~attnprune.core.solver.target_sparsity`);
+    ``score`` ("magnitude" |M∘W| or "mask" M) and ``group`` ("row" or "matrix") choose the hard
+    mask; ``output``: "reweighted" (B∘M∘W) or "mask-only" (B∘W); ``selection``: "projected"
+    (project M after every step) or "straight-through" (mask-only: the forward pass uses the hard
+    mask B_t∘W and the gradient updates M, which only ranks the weights).
+
+    Remedies: ``support`` = (result_q, result_k), two :class:`~attnprune.core.baselines.LinearPruneResult`
+    of a linear method, keeps their masks and weights and refits only the kept weights
+    (B∘M∘W_linear); ``chunks_per_step`` uses that many chunks of sequences per step (stochastic
+    steps, so more calibration sequences cost no more per step); ``validation`` (a LayerProblem
+    on held-out calibration sequences) is checked every ``check_every`` steps once ρ_t = ρ, and
+    the masks with the lowest validation error are returned (early stopping).
+    """
+    rho = check_sparsity("sparsity", sparsity)
+    check_positive_int("steps", steps)
+    check_positive("lr", lr)
+    if not 0.0 < ramp <= 1.0:
+        raise ValueError(f"ramp must lie in (0, 1], got {ramp}")
+    check_choice("score", score, SCORES)
+    check_choice("group", group, GROUPS)
+    check_choice("output", output, OUTPUTS)
+    check_choice("selection", selection, SELECTIONS)
+    check_positive_int("check_every", check_every)
+    check_choice("schedule", schedule, SCHEDULES)
+    if selection == "straight-through" and (output != "mask-only" or support is not None):
+        raise ValueError('selection="straight-through" fits a hard mask: use it with output="mask-only" and no support')
+    if support is not None and output != "reweighted":
+        raise ValueError('support refits the kept weights: use it with output="reweighted"')
+    if chunks_per_step is not None:
+        check_positive_int("chunks_per_step", chunks_per_step)
+    base_q, base_k, fixed = _base(problem, support)
+    Mq = torch.ones_like(base_q, requires_grad=True)
+    Mk = torch.ones_like(base_k, requires_grad=True)
+    optimizer = torch.optim.Adam([Mq, Mk], lr=lr)
+    order = _chunk_order(problem.n_chunks, steps, chunks_per_step, seed)
+
+    def hard(rho_t: float) -> tuple[Tensor, Tensor]:
+        if fixed is not None:
+            return fixed
+        with torch.no_grad():
+            return (hard_mask(score_of(Mq, base_q, score), rho_t, group),
+                    hard_mask(score_of(Mk, base_k, score), rho_t, group))
+
+    def deployed() -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        Bq, Bk = hard(rho)
+        with torch.no_grad():
+            if output == "mask-only":
+                return Bq, Bk, Bq * base_q, Bk * base_k
+            return Bq, Bk, Bq * Mq * base_q, Bk * Mk * base_k
+
+    trace, best = QKTrace(), None
+    ramp_end = max(1, round(ramp * steps))
+    for t in range(steps):
+        rho_t = target_sparsity(t, steps, rho, ramp)
+        optimizer.param_groups[0]["lr"] = step_size(lr, t, steps, schedule)
+        optimizer.zero_grad()
+        if selection == "straight-through":
+            Bq, Bk = hard(rho_t)
+            eff_q, eff_k = Bq + Mq - Mq.detach(), Bk + Mk - Mk.detach()
+        else:
+            eff_q, eff_k = Mq, Mk
+        chunks = order[t]
+        norm = problem.target_norm(chunks)
+        loss = float(_backward_penalty(problem, Mq, Mk))
+        for c in chunks:
+            part = problem.squared_error(eff_q * base_q, eff_k * base_k, c) / norm
+            part.backward()
+            loss += float(part.detach())
+        optimizer.step()
+        if selection == "projected":
+            Bq, Bk = hard(rho_t)
+            with torch.no_grad():
+                Mq.mul_(Bq)
+                Mk.mul_(Bk)
+        trace.loss.append(loss)
+        trace.sparsity.append(float((Bq == 0).sum() + (Bk == 0).sum()) / (Bq.numel() + Bk.numel()))
+        last = t == steps - 1
+        if validation is not None and t + 1 >= ramp_end and ((t + 1 - ramp_end) % check_every == 0 or last):
+            candidate = deployed()
+            error = validation.relative_error(candidate[2], candidate[3])
+            trace.validation.append((t + 1, error))
+            if best is None or error < best[0]:
+                best = (error, t + 1, candidate, (Mq.detach().clone(), Mk.detach().clone()))
+    if best is None:
+        best = (None, steps, deployed(), (Mq.detach().clone(), Mk.detach().clone()))
+    _, step, (Bq, Bk, weight_q, weight_k), (Mq_kept, Mk_kept) = best
+    return QKFit(Bq, Bk, Mq_kept, Mk_kept, weight_q, weight_k, trace, step)
+
+
+def _base(problem: LayerProblem, support: tuple | None):
+    """The weights the mask multiplies (dense, or a linear method's) and its fixed masks if any."""
+    if support is None:
+        return problem.Wq, problem.Wk, None
+    result_q, result_k = support
+    check_same_shape("support[0].weight", result_q.weight, "Wq", problem.Wq)
+    check_same_shape("support[1].weight", result_k.weight, "Wk", problem.Wk)
+    return result_q.weight, result_k.weight, (result_q.mask, result_k.mask)
+
+
+def _backward_penalty(problem: LayerProblem, Mq: Tensor, Mk: Tensor) -> Tensor:
+    penalty = problem.penalty(Mq, Mk)
+    if penalty.requires_grad:
+        penalty.backward()
+    return penalty.detach()
+
+
+def _chunk_order(n_chunks: int, steps: int, per_step: int | None, seed: int) -> list[list[int]]:
+    """The chunks used at each step: all of them, or ``per_step`` at a time cycling through a
+    seeded random order of all chunks (every chunk is used before any is used twice)."""
+    if per_step is None or per_step >= n_chunks:
+        return [list(range(n_chunks))] * steps
+    generator = torch.Generator().manual_seed(seed)
+    stream: list[int] = []
+    while len(stream) < steps * per_step:
+        stream.extend(torch.randperm(n_chunks, generator=generator).tolist())
+    return [stream[t * per_step:(t + 1) * per_step] for t in range(steps)]

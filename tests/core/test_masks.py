@@ -1,0 +1,57 @@
+"""Hard masks with exactly round(ρ·size) zeros per group."""
+
+import pytest
+import torch
+
+from attnprune.core.masks import hard_mask, n_pruned, sparsity_of
+
+
+@pytest.mark.parametrize("rho", [0.0, 0.1, 0.25, 0.5, 0.7, 0.99])
+@pytest.mark.parametrize("shape", [(8, 8), (7, 5), (3, 6, 6)])
+def test_whole_matrix_groups_have_the_exact_count(rho, shape):
+    score = torch.randn(*shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    B = hard_mask(score, rho, "matrix")
+    per_matrix = (B == 0).flatten(-2).sum(-1)
+    assert (per_matrix == n_pruned(shape[-1] * shape[-2], rho)).all()
+
+
+@pytest.mark.parametrize("rho", [0.0, 0.3, 0.5, 0.9])
+def test_row_groups_have_the_exact_count(rho):
+    score = torch.randn(6, 11, generator=torch.Generator().manual_seed(1))
+    B = hard_mask(score, rho, "row")
+    assert ((B == 0).sum(-1) == n_pruned(11, rho)).all()
+
+
+def test_the_lowest_scores_are_dropped():
+    score = torch.tensor([[4.0, 1.0, 3.0], [2.0, 6.0, 5.0]])
+    B = hard_mask(score, 0.5, "matrix")  # round(3.0) = 3 zeros
+    assert B.tolist() == [[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]]
+    assert hard_mask(score, 0.34, "row").tolist() == [[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]]
+
+
+def test_ties_are_broken_deterministically_by_position():
+    score = torch.zeros(4, 4)
+    first, second = hard_mask(score, 0.5), hard_mask(score, 0.5)
+    assert torch.equal(first, second)
+    assert first.flatten()[:8].sum() == 0 and first.flatten()[8:].sum() == 8
+
+
+def test_n_pruned_is_round_of_rho_times_size():
+    assert n_pruned(10, 0.25) == round(2.5) == 2
+    assert n_pruned(4096, 0.5) == 2048
+    assert n_pruned(3, 0.0) == 0
+
+
+def test_sparsity_of_counts_exact_zeros():
+    assert sparsity_of(torch.tensor([0.0, 1.0, 0.0, 2.0])) == 0.5
+
+
+@pytest.mark.parametrize("rho", [-0.1, 1.0, 1.5, float("nan"), "half", True])
+def test_sparsity_outside_the_unit_interval_is_refused(rho):
+    with pytest.raises(ValueError, match="sparsity"):
+        hard_mask(torch.ones(3, 3), rho)
+
+
+def test_unknown_group_is_refused():
+    with pytest.raises(ValueError, match="group"):
+        hard_mask(torch.ones(3, 3), 0.5, "column")
