@@ -7,136 +7,619 @@
 layer (or ``--layers``) at sparsity R, writes an ordinary Hugging Face checkpoint (model and
 tokenizer) to DIR and prints a JSON summary (also saved as DIR/attnprune_summary.json).
 ``eval`` prints the perplexity of a model on DATA as JSON. Progress bars go to stderr, the JSON
-summary to stdout.
+summary to stdout. Relative paths are relative to the current directory.
+
+Every argument is checked before anything is loaded, and the model's depth, width and context
+length as soon as its config is read. The checkpoint is written into a hidden folder beside DIR
+(``.DIR.attnprune-partial``) and renamed into place at the end: an interrupted or failed run
+leaves no partial DIR. A non-empty DIR is replaced only with ``--overwrite``. Each finished layer
+is saved there too, so a run killed midway can be continued with ``--resume`` (same arguments).
+An error prints one line, ``attnprune prune: error: ...``, and exits with status 2; Ctrl-C exits
+with status 130.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
+import math
+import os
+import re
+import shutil
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
+from .core.baselines import LINEAR
 from .llm.data import DATASETS, evaluation_sequences, load_texts, token_sequences
 from .llm.models import OFFLINE_MODEL, PAPER_MODEL, load_model
-from .llm.prune import CAPTURES, LINEAR, METHODS, OURS_DEFAULTS, REFIT_DEFAULTS
+from .llm.prune import CAPTURES, METHODS, OURS_DEFAULTS, REFIT_DEFAULTS
 from .records.results import versions, write_json
 
 SUMMARY = "attnprune_summary.json"
-DATA_HELP = f"one of {', '.join(DATASETS)} or the path of a local UTF-8 .txt file"
-MODEL_HELP = (f"{OFFLINE_MODEL!r} (SmolLM2-135M-Instruct, offline), a folder written by "
-              f"save_pretrained, or a Hugging Face hub id such as {PAPER_MODEL!r}")
+CALIB_DATASETS = tuple(name for name in DATASETS if name != "lee")  # Lee is for evaluation only
+DATA_HELP = "the path of a local UTF-8 .txt file or one of "
+MODEL_HELP = (
+    f"{OFFLINE_MODEL!r} (SmolLM2-135M-Instruct, offline), a folder written by "
+    f"save_pretrained, or a Hugging Face hub id such as {PAPER_MODEL!r}"
+)
+PARTIAL = ".attnprune-partial"
+"""The temporary folder of ``--out DIR`` is ``.DIR.attnprune-partial`` beside it (deterministic, so
+that ``--resume`` finds it): ``resume/`` holds the finished layers, ``model/`` the checkpoint
+being written, renamed to DIR at the end."""
+PAUSE_AT = "ATTNPRUNE_TEST_PAUSE_AT"
+"""Test only: ``layer`` (after the first layer is saved) or ``save`` (after the weights are written,
+before the tokenizer and summary) makes ``prune`` print ``attnprune: test pause at POINT`` on stderr
+and sleep ``ATTNPRUNE_TEST_PAUSE_SECONDS`` (default 30), so a test can interrupt it there."""
+
+
+class CommandError(ValueError):
+    """A bad argument or input: printed as one line ``attnprune CMD: error: ...`` (exit status 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, like the errors found after parsing (no usage block)
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+# -- argument types: each checked when parsed, its message names the flag ------------------------
+def _number(text: str, cast):
+    try:
+        value = cast(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected {'an integer' if cast is int else 'a number'}, got {text!r}"
+        ) from None
+    if cast is float and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def _sparsity(text: str) -> float:
+    value = _number(text, float)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1) (the fraction of weights set to zero), got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = _number(text, int)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def _seq_len(text: str) -> int:
+    value = _number(text, int)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"must be an integer ≥ 2 (tokens per sequence), got {text!r}")
+    return value
+
+
+def _seed(text: str) -> int:
+    value = _number(text, int)
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2**63), got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = _number(text, float)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
+    return value
+
+
+def _nonnegative_float(text: str) -> float:
+    value = _number(text, float)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a number ≥ 0, got {text!r}")
+    return value
 
 
 def _layers(text: str) -> list[int]:
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if not parts or not all(part.isdigit() for part in parts):
+        raise argparse.ArgumentTypeError(f"must be comma-separated layer indices ≥ 0 such as 0,1,5, got {text!r}")
+    return sorted({int(part) for part in parts})
+
+
+def _text(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+
+def _calib(text: str) -> str:
+    if text in DATASETS and text not in CALIB_DATASETS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is for evaluation only; calibrate on one of {CALIB_DATASETS} or a .txt file"
+        )
+    looks_like_a_file = text.endswith(".txt") or os.sep in text or Path(text).expanduser().exists()
+    if text not in DATASETS and not looks_like_a_file:
+        raise argparse.ArgumentTypeError(
+            f"must be one of {CALIB_DATASETS} or the path of a local .txt file, got {text!r}"
+        )
+    return _text(text)
+
+
+def _device(text: str) -> str:
     try:
-        return [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--layers must be comma-separated integers, got {text!r}") from None
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"unknown device {text!r}; use cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r}: no CUDA GPU is available here; use --device cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise argparse.ArgumentTypeError(f"{text!r}: there are only {torch.cuda.device_count()} CUDA devices")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r}: Apple's MPS is not available here; use --device cpu")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise argparse.ArgumentTypeError(f"device type {device.type!r} is not supported; use cpu, cuda[:N] or mps")
+    return text
 
 
+# -- the parser ----------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="attnprune", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = _Parser(prog="attnprune", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="{prune,eval}")
-    prune = sub.add_parser("prune", help="prune the q_proj/k_proj weights of a model and save it",
-                           description="Prune the q_proj/k_proj weights of every decoder layer at "
-                           "sparsity R (exactly round(R·d) zeros per row) and save the model.")
-    prune.add_argument("--model", required=True, help=f"the model to prune: {MODEL_HELP}")
-    prune.add_argument("--method", required=True, choices=METHODS,
-                       help="ours: masks fitted to the layer's true attention (projected descent); "
-                       "wanda, sparsegpt, magnitude: the linear baselines on the same inputs")
-    prune.add_argument("--sparsity", required=True, type=float,
-                       help="R in [0, 1): the fraction of each q_proj/k_proj weight set to zero")
-    prune.add_argument("--calib", required=True, help=f"calibration text: {DATA_HELP} (its calibration split)")
-    prune.add_argument("--out", required=True, help="folder to write the pruned model, its tokenizer and the summary")
-    prune.add_argument("--n-calibration", type=int, default=8, help="number of calibration sequences N (default 8, as the paper)")
-    prune.add_argument("--seq-len", type=int, default=512, help="tokens per calibration sequence T (default 512)")
-    prune.add_argument("--seed", type=int, default=0, help="seed of the random calibration windows (default 0)")
-    prune.add_argument("--layers", type=_layers, default=None, help="comma-separated layer indices to prune (default: all)")
-    prune.add_argument("--capture", choices=CAPTURES, default="sequential",
-                       help="inputs of each layer from the model as pruned so far (sequential, default, "
-                       "as Wanda and SparseGPT) or from the dense model")
-    prune.add_argument("--steps", type=int, default=None,
-                       help=f"ours: descent steps per layer (default {OURS_DEFAULTS['steps']}, "
-                       f"{REFIT_DEFAULTS['steps']} with --support)")
-    prune.add_argument("--lr", type=float, default=None,
-                       help=f"ours: Adam step size on the masks (default {OURS_DEFAULTS['lr']}, "
-                       f"{REFIT_DEFAULTS['lr']} decaying to 0 with --support)")
-    prune.add_argument("--output", choices=("reweighted", "mask-only"), default=None,
-                       help="ours: keep the learned scale of the kept weights (B∘M∘W) or not (B∘W)")
-    prune.add_argument("--selection", choices=("projected", "straight-through"), default=None,
-                       help="ours: how the hard mask is fitted (straight-through needs --output mask-only)")
-    prune.add_argument("--support", choices=LINEAR, default=None,
-                       help="ours: keep this linear method's support and weights, refit only the kept weights")
-    prune.add_argument("--anchor", type=float, default=None, help="ours: μ, the pull of the masks toward 1 (the dense weights)")
-    prune.add_argument("--lam", type=float, default=None, help="ours: λ, the paper's (λ/2)‖M‖² regulariser")
-    prune.add_argument("--sequences-per-step", type=int, default=None,
-                       help=f"ours: calibration sequences per descent step (default "
-                       f"{OURS_DEFAULTS['sequences_per_step']}: stochastic steps)")
+    prune = sub.add_parser(
+        "prune",
+        help="prune the q_proj/k_proj weights of a model and save it",
+        description="Prune the q_proj/k_proj weights of every decoder layer at "
+        "sparsity R (exactly round(R·d) zeros per row) and save the model.",
+    )
+    prune.add_argument("--model", required=True, type=_text, help=f"the model to prune: {MODEL_HELP}")
+    prune.add_argument(
+        "--method",
+        required=True,
+        choices=METHODS,
+        help="ours: masks fitted to the layer's true attention (projected descent); "
+        "wanda, sparsegpt, magnitude: the linear baselines on the same inputs",
+    )
+    prune.add_argument(
+        "--sparsity",
+        required=True,
+        type=_sparsity,
+        help="R in [0, 1): the fraction of each q_proj/k_proj weight set to zero "
+        "(at least one weight per row must be kept: round(R·d) < d)",
+    )
+    prune.add_argument(
+        "--calib",
+        required=True,
+        type=_calib,
+        help=f"calibration text: {DATA_HELP}{', '.join(CALIB_DATASETS)} (its calibration split)",
+    )
+    prune.add_argument(
+        "--out",
+        required=True,
+        type=_text,
+        help="folder to write the pruned model, its tokenizer and the summary; it must not "
+        "exist or be empty, unless --overwrite",
+    )
+    prune.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace --out if it holds a model already (replaced whole, at the end)",
+    )
+    prune.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run with the same arguments from its last finished layer "
+        "(kept in the hidden folder beside --out); with --resume a failed run keeps them too",
+    )
+    prune.add_argument(
+        "--n-calibration",
+        type=_positive_int,
+        default=8,
+        help="number of calibration sequences N (default 8, as the paper)",
+    )
+    prune.add_argument("--seq-len", type=_seq_len, default=512, help="tokens per calibration sequence T (default 512)")
+    prune.add_argument("--seed", type=_seed, default=0, help="seed of the random calibration windows (default 0)")
+    prune.add_argument(
+        "--layers", type=_layers, default=None, help="comma-separated layer indices to prune (default: all)"
+    )
+    prune.add_argument(
+        "--capture",
+        choices=CAPTURES,
+        default="sequential",
+        help="inputs of each layer from the model as pruned so far (sequential, default, "
+        "as Wanda and SparseGPT) or from the dense model",
+    )
+    _ours_options(prune)
     _common(prune)
-    evaluate = sub.add_parser("eval", help="perplexity of a model on a text",
-                              description="Perplexity (exp of the mean token NLL) on consecutive "
-                              "windows of the text, as Wanda and SparseGPT report it.")
-    evaluate.add_argument("--model", required=True, help=f"the model to evaluate: {MODEL_HELP}")
-    evaluate.add_argument("--data", required=True, help=f"evaluation text: {DATA_HELP}")
-    evaluate.add_argument("--split", default="evaluation", help="the split of a named data set (default evaluation)")
-    evaluate.add_argument("--seq-len", type=int, default=512, help="tokens per window (default 512)")
-    evaluate.add_argument("--max-sequences", type=int, default=None, help="at most this many windows (default: all)")
-    evaluate.add_argument("--summary", default=None, help="also write the JSON summary to this file")
+    evaluate = sub.add_parser(
+        "eval",
+        help="perplexity of a model on a text",
+        description="Perplexity (exp of the mean token NLL) on consecutive "
+        "windows of the text, as Wanda and SparseGPT report it.",
+    )
+    evaluate.add_argument("--model", required=True, type=_text, help=f"the model to evaluate: {MODEL_HELP}")
+    evaluate.add_argument(
+        "--data", required=True, type=_text, help=f"evaluation text: {DATA_HELP}{', '.join(DATASETS)}"
+    )
+    evaluate.add_argument(
+        "--split", default="evaluation", type=_text, help="the split of a named data set (default evaluation)"
+    )
+    evaluate.add_argument(
+        "--seq-len",
+        type=_seq_len,
+        default=512,
+        help="tokens per window (default 512; at most the model's context length)",
+    )
+    evaluate.add_argument(
+        "--max-sequences", type=_positive_int, default=None, help="at most this many windows (default: all)"
+    )
+    evaluate.add_argument("--summary", default=None, type=_text, help="also write the JSON summary to this file")
     _common(evaluate)
     return parser
 
 
+def _ours_options(prune: argparse.ArgumentParser) -> None:
+    prune.add_argument(
+        "--steps",
+        type=_positive_int,
+        default=None,
+        help=f"ours: descent steps per layer (default {OURS_DEFAULTS['steps']}, "
+        f"{REFIT_DEFAULTS['steps']} with --support)",
+    )
+    prune.add_argument(
+        "--lr",
+        type=_positive_float,
+        default=None,
+        help=f"ours: Adam step size on the masks (default {OURS_DEFAULTS['lr']}, "
+        f"{REFIT_DEFAULTS['lr']} decaying to 0 with --support)",
+    )
+    prune.add_argument(
+        "--output",
+        choices=("reweighted", "mask-only"),
+        default=None,
+        help="ours: keep the learned scale of the kept weights (B∘M∘W) or not (B∘W)",
+    )
+    prune.add_argument(
+        "--selection",
+        choices=("projected", "straight-through"),
+        default=None,
+        help="ours: how the hard mask is fitted (straight-through needs --output mask-only)",
+    )
+    prune.add_argument(
+        "--support",
+        choices=LINEAR,
+        default=None,
+        help="ours: keep this linear method's support and weights, refit only the kept weights",
+    )
+    prune.add_argument(
+        "--anchor",
+        type=_nonnegative_float,
+        default=None,
+        help="ours: μ ≥ 0, the pull of the masks toward 1 (the dense weights)",
+    )
+    prune.add_argument(
+        "--lam", type=_nonnegative_float, default=None, help="ours: λ ≥ 0, the paper's (λ/2)‖M‖² regulariser"
+    )
+    prune.add_argument(
+        "--sequences-per-step",
+        type=_positive_int,
+        default=None,
+        help=f"ours: calibration sequences per descent step (default "
+        f"{OURS_DEFAULTS['sequences_per_step']}: stochastic steps)",
+    )
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
-    parser.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass (default 8)")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    parser.add_argument("--device", default="cpu", type=_device, help="torch device, e.g. cpu or cuda (default cpu)")
+    parser.add_argument("--batch-size", type=_positive_int, default=8, help="sequences per forward pass (default 8)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars (Hugging Face's too)")
 
 
 OURS_OPTIONS = ("steps", "lr", "output", "selection", "support", "anchor", "lam", "sequences_per_step")
-"""The options of ``prune`` that go to :func:`attnprune.llm.prune.prune_model` for ours (same names)."""
+"""The options of ``prune`` for ours: fields of :class:`attnprune.llm.prune.FitConfig` (same names)."""
 
 
+# -- errors that name the flag -------------------------------------------------------------------
+LIBRARY_NAMES = {"seq_len": "--seq-len", "max_sequences": "--max-sequences", "n_sequences": "--n-calibration"}
+
+
+@contextlib.contextmanager
+def _about(flag: str, value, *names: str, **other_flags: str):
+    """Turn a library error into a :class:`CommandError` about ``flag``: a message that starts with
+    one of the library's parameter ``names`` has it replaced by the flag, else is prefixed by it
+    (and the library's names in :data:`LIBRARY_NAMES` become the flags'); one that starts with a
+    name in ``other_flags`` is about that flag."""
+    try:
+        yield
+    except CommandError:
+        raise
+    except (ValueError, OSError) as error:
+        text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        text = re.sub(rf"\b({'|'.join(LIBRARY_NAMES)})\b=?", lambda m: LIBRARY_NAMES[m[1]] + " ", text).rstrip()
+        for name, named in [(name, flag) for name in names] + list(other_flags.items()):
+            if text.startswith((f"{name} ", f"{name}:")):
+                raise CommandError(f"{named}{text[len(name) :]}") from error
+        raise CommandError(f"{flag} {value!r}: {text}") from error
+
+
+def _check_against_model(args: argparse.Namespace, config) -> None:
+    """The arguments that depend on the model's depth, width and context length (from its config)."""
+    from .core.masks import n_pruned
+    from .llm.batches import context_length
+
+    depth, width = config.num_hidden_layers, config.hidden_size
+    beyond = [i for i in getattr(args, "layers", None) or [] if i >= depth]
+    if beyond:
+        raise CommandError(f"--layers {beyond}: the model has {depth} layers (indices 0 to {depth - 1})")
+    sparsity = getattr(args, "sparsity", None)
+    if sparsity is not None and n_pruned(width, sparsity) >= width:
+        # refused, not warned: every q/k weight zero makes each head's attention uniform, whatever the input
+        raise CommandError(
+            f"--sparsity {sparsity:g} keeps no weight: round({sparsity:g}·{width}) = {width} zeros in every "
+            f"q_proj/k_proj row of width d = {width}, so every head would attend uniformly; "
+            f"use a sparsity below {(width - 0.5) / width:.6g}"
+        )
+    context = context_length(config)
+    if context is not None and args.seq_len > context:
+        raise CommandError(
+            f"--seq-len {args.seq_len} is longer than the model's context length "
+            f"(max_position_embeddings={context}); use at most {context}"
+        )
+
+
+def _check_writable(flag: str, path: Path) -> None:
+    """``path`` can be created: its nearest existing ancestor is a folder we may write in."""
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise CommandError(f"{flag} {str(path)!r}: {str(ancestor)!r} is a file, not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise CommandError(f"{flag} {str(path)!r}: no permission to write in {str(ancestor)!r}")
+
+
+def _pause(point: str) -> None:
+    """The test-only pause (:data:`PAUSE_AT`)."""
+    if os.environ.get(PAUSE_AT) == point:
+        sys.stderr.write(f"attnprune: test pause at {point}\n")
+        sys.stderr.flush()
+        os.environ.pop(PAUSE_AT)  # once per run
+        time.sleep(float(os.environ.get("ATTNPRUNE_TEST_PAUSE_SECONDS", "30")))
+
+
+def _hf_progress(enabled: bool):
+    """Hugging Face's progress bars (e.g. "Writing model shards") on or off for this block."""
+    from .llm.assets import quiet_loading
+
+    return contextlib.nullcontext() if enabled else quiet_loading()
+
+
+# -- the output folder: checked first, written whole, renamed into place -------------------------
+class Output:
+    """``--out``: checked before anything is loaded; the checkpoint is written into the hidden folder
+    :data:`PARTIAL` beside it and renamed into place by :meth:`commit`; the finished layers are kept
+    in its ``resume/`` for ``--resume``. :meth:`discard` removes what a failed run wrote."""
+
+    def __init__(self, text: str, *, overwrite: bool, resume: bool, model: str) -> None:
+        self.path = Path(os.path.abspath(Path(text).expanduser()))
+        self.resume = resume
+        if self.path == self.path.parent or self.path in Path.cwd().parents or self.path == Path.cwd():
+            raise CommandError(f"--out {text!r} is the current folder or one above it; name a new folder")
+        self.partial = self.path.parent / f".{self.path.name}{PARTIAL}"
+        self.layers = self.partial / "resume"
+        if self.path.exists():
+            self._check_existing(text, overwrite, model)
+        _check_writable("--out", self.path)
+        if self.partial.exists() and not resume:
+            if any(self.layers.glob("layer-*.safetensors")):
+                raise CommandError(
+                    f"--out {text!r}: an interrupted earlier run left its finished layers in {str(self.partial)!r}; "
+                    "rerun with --resume to continue it, or delete that folder"
+                )
+            shutil.rmtree(self.partial)
+        try:
+            self.layers.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise CommandError(f"--out {text!r}: cannot create {str(self.partial)!r} ({error})") from error
+
+    def _check_existing(self, text: str, overwrite: bool, model: str) -> None:
+        if not self.path.is_dir():
+            raise CommandError(f"--out {text!r} is a file, not a folder; name a folder for the pruned model")
+        if Path(model).expanduser().exists() and Path(model).expanduser().resolve() == self.path.resolve():
+            raise CommandError(f"--out {text!r} is the --model folder; write the pruned model to another folder")
+        if any(self.path.iterdir()):
+            if not overwrite:
+                raise CommandError(f"--out {text!r} is not empty; pass --overwrite to replace it, or name a new folder")
+            if not (self.path / "config.json").is_file():
+                raise CommandError(
+                    f"--out {text!r} holds no model (no config.json): --overwrite replaces only "
+                    "a model folder; name a new folder"
+                )
+
+    # -- the finished layers (resume) --
+    def check_run(self, run: dict, *, record_it: bool) -> None:
+        """Resuming, refuse other arguments than the finished layers were made with; ``record_it``:
+        record them if there is no record yet (and delete stray layers)."""
+        record = self.layers / "run.json"
+        if record.is_file():
+            earlier = json.loads(record.read_text(encoding="utf-8"))
+            changed = {key: (earlier.get(key), value) for key, value in run.items() if earlier.get(key) != value}
+            if changed:
+                what = "; ".join(f"{key}: {old!r} then, {new!r} now" for key, (old, new) in sorted(changed.items()))
+                raise CommandError(
+                    f"--resume: the finished layers in {str(self.partial)!r} come from a run with "
+                    f"other arguments ({what}); rerun with the same arguments, or delete that folder"
+                )
+        elif record_it:
+            for stale in self.layers.glob("layer-*"):
+                stale.unlink()
+            write_json(record, run)
+
+    def finished_layers(self, device) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+        from safetensors.torch import load_file
+
+        done = {}
+        for path in sorted(self.layers.glob("layer-*.safetensors")):
+            try:
+                tensors = load_file(path, device=str(device))
+                done[int(path.stem.split("-")[1])] = (tensors["q_proj"], tensors["k_proj"])
+            except Exception as error:  # safetensors' SafetensorError, a missing key, a bad name
+                raise CommandError(
+                    f"--resume: cannot read the finished layer {str(path)!r} ({error}); "
+                    f"delete {str(self.partial)!r} and start again"
+                ) from error
+        return done
+
+    def save_layer(self, layer: int, weights: tuple[torch.Tensor, torch.Tensor], fit) -> None:
+        """One finished layer, atomically (written then renamed)."""
+        from safetensors.torch import save_file
+
+        path = self.layers / f"layer-{layer:04d}.safetensors"
+        tensors = {"q_proj": weights[0].detach().contiguous(), "k_proj": weights[1].detach().contiguous()}
+        save_file(tensors, path.with_suffix(".tmp"), metadata={"fit": json.dumps(asdict(fit))})
+        os.replace(path.with_suffix(".tmp"), path)
+        _pause("layer")
+
+    # -- the checkpoint --
+    def commit(self, model, tokenizer, summary: dict, *, progress: bool) -> None:
+        """Write model, tokenizer and summary into the hidden folder, then rename it to ``--out``."""
+        staging = self.partial / "model"
+        shutil.rmtree(staging, ignore_errors=True)
+        with _hf_progress(progress):
+            model.save_pretrained(staging)
+        _pause("save")
+        tokenizer.save_pretrained(staging)
+        write_json(staging / SUMMARY, summary)
+        _readable(staging)
+        if self.path.exists():  # an empty folder, or a model to replace (--overwrite): moved aside first
+            self.path.rename(self.partial / "previous")
+        staging.rename(self.path)
+        shutil.rmtree(self.partial)
+
+    def discard(self) -> bool:
+        """After a failure: remove the hidden folder, but keep the finished layers with --resume.
+        True if finished layers are kept."""
+        keep = self.resume and any(self.layers.glob("layer-*.safetensors"))
+        if keep:
+            shutil.rmtree(self.partial / "model", ignore_errors=True)
+        else:
+            shutil.rmtree(self.partial, ignore_errors=True)
+        return keep
+
+
+def _readable(folder: Path) -> None:
+    """Files as the umask says (0644 usually): safetensors writes its file 0600, the rest 0644."""
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for path in folder.rglob("*"):
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
+
+
+# -- the commands --------------------------------------------------------------------------------
 def prune_command(args: argparse.Namespace) -> dict:
-    from .llm.prune import prune_model
+    from .llm.models import model_config
+    from .llm.prune import PruneConfig
 
     options = {key: getattr(args, key) for key in OURS_OPTIONS if getattr(args, key) is not None}
     if options and args.method != "ours":
         flags = ", ".join(f"--{key.replace('_', '-')}" for key in sorted(options))
-        raise ValueError(f"{flags} apply to --method ours only")
-    model, tokenizer = load_model(args.model, device=args.device)
-    texts = load_texts(args.calib, "calibration")
-    calib = token_sequences(tokenizer, texts, args.n_calibration, args.seq_len, seed=args.seed)
-    report = prune_model(model, calib, args.method, args.sparsity, layers=args.layers, capture=args.capture,
-                         batch_size=args.batch_size, progress=not args.no_progress, **options)
-    out = Path(args.out)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    summary = {"command": "prune", "model": args.model, "calib": args.calib, "seed": args.seed,
-               "out": str(out), **report, "versions": versions()}
-    write_json(out / SUMMARY, summary)
+        raise CommandError(f"{flags} apply to --method ours only")
+    try:
+        config = PruneConfig.from_options(
+            args.method, args.sparsity, layers=args.layers, capture=args.capture, batch_size=args.batch_size, **options
+        )
+    except ValueError as error:  # a combination of options: the library's names are the flags' names
+        flags = "|".join(("batch_size", *OURS_OPTIONS))
+        raise CommandError(re.sub(rf"\b({flags})\b", lambda m: "--" + m[1].replace("_", "-"), str(error))) from error
+    out = Output(args.out, overwrite=args.overwrite, resume=args.resume, model=args.model)
+    args.output_folder = out
+    with _about("--model", args.model, "name_or_path"):
+        _check_against_model(args, model_config(args.model))
+    return _prune(args, config, out)
+
+
+def _prune(args: argparse.Namespace, config, out: Output) -> dict:
+    from .llm.prune import prune_model, set_qk_weights
+
+    run = {
+        key: value
+        for key, value in vars(args).items()
+        if key not in ("no_progress", "overwrite", "resume", "output_folder", "out")
+    }
+    run["model"] = os.path.abspath(args.model) if Path(args.model).expanduser().exists() else args.model
+    run["calib"] = os.path.abspath(args.calib) if args.calib not in DATASETS else args.calib
+    out.check_run(run, record_it=False)  # before loading: a resume with other arguments is refused at once
+    with _about("--calib", args.calib, "name"):
+        texts = load_texts(args.calib, "calibration")
+    with _about("--model", args.model, "name_or_path"):
+        model, tokenizer = load_model(args.model, device=args.device)
+    with _about("--calib", args.calib):
+        calib = token_sequences(tokenizer, texts, args.n_calibration, args.seq_len, seed=args.seed)
+    vocabulary = model.get_input_embeddings().num_embeddings
+    if int(calib.max()) >= vocabulary:
+        raise CommandError(
+            f"--model {args.model!r}: its tokenizer gives token ids up to {int(calib.max())}, "
+            f"beyond the model's vocabulary of {vocabulary}: the tokenizer is not this model's"
+        )
+    run["calibration_sha256"] = hashlib.sha256(calib.numpy().tobytes()).hexdigest()
+    out.check_run(run, record_it=True)
+    done = out.finished_layers(args.device) if args.resume else {}
+    weights, report = prune_model(
+        model, calib, config, progress=not args.no_progress, done=done, on_layer=out.save_layer
+    )
+    set_qk_weights(model, weights)  # this model is ours to change: it is written out pruned
+    summary = {
+        "command": "prune",
+        "model": args.model,
+        "calib": args.calib,
+        "seed": args.seed,
+        "out": args.out,
+        **report.to_dict(),
+        "resumed_layers": sorted(done),
+        "versions": versions(),
+    }
+    out.commit(model, tokenizer, summary, progress=not args.no_progress)
     return summary
 
 
 def eval_command(args: argparse.Namespace) -> dict:
     from .llm.evaluate import perplexity
+    from .llm.models import model_config
 
-    model, tokenizer = load_model(args.model, device=args.device)
-    ids = evaluation_sequences(tokenizer, load_texts(args.data, args.split), args.seq_len, args.max_sequences)
+    if args.summary is not None:
+        summary_path = Path(args.summary).expanduser()
+        if summary_path.is_dir():
+            raise CommandError(f"--summary {args.summary!r} is a folder; name a .json file")
+        _check_writable("--summary", summary_path)
+    with _about("--model", args.model, "name_or_path"):
+        _check_against_model(args, model_config(args.model))
+    with _about("--data", args.data, "name", split="--split"):
+        texts = load_texts(args.data, args.split)
+    with _about("--model", args.model, "name_or_path"):
+        model, tokenizer = load_model(args.model, device=args.device)
+    with _about("--data", args.data):
+        ids = evaluation_sequences(tokenizer, texts, args.seq_len, args.max_sequences)
     start = time.perf_counter()
-    ppl = perplexity(model, ids, batch_size=args.batch_size, progress=not args.no_progress)
+    with _about("--model", args.model):
+        ppl = perplexity(model, ids, batch_size=args.batch_size, progress=not args.no_progress)
     seconds = time.perf_counter() - start
-    summary = {"command": "eval", "model": args.model, "data": args.data, "split": args.split,
-               "seq_len": args.seq_len, "n_sequences": int(ids.shape[0]), "perplexity": ppl,
-               "seconds": seconds, "tokens_per_second": ids.numel() / seconds, "versions": versions()}
-    if args.summary:
-        write_json(args.summary, summary)
+    summary = {
+        "command": "eval",
+        "model": args.model,
+        "data": args.data,
+        "split": args.split,
+        "seq_len": args.seq_len,
+        "n_sequences": int(ids.shape[0]),
+        "perplexity": ppl,
+        "seconds": seconds,
+        "tokens_per_second": ids.numel() / seconds,
+        "versions": versions(),
+    }
+    if args.summary is not None:
+        write_json(summary_path, summary)
     return summary
 
 
@@ -144,14 +627,34 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     command = prune_command if args.command == "prune" else eval_command
+    prog = f"attnprune {args.command}"
     try:
         with torch.no_grad() if args.command == "eval" else contextlib.nullcontext():
             summary = command(args)
-    except (ValueError, FileNotFoundError, OSError) as error:
-        parser.exit(2, f"attnprune {args.command}: error: {error}\n")
+    except (ValueError, OSError) as error:  # CommandError, the library's checks, files, the hub
+        kept = _discard(args)
+        parser.exit(2, f"{prog}: error: {_one_line(error)}{kept}\n")
+    except KeyboardInterrupt:
+        kept = _discard(args)
+        parser.exit(130, f"{prog}: interrupted{kept}\n")
+    except BaseException:
+        _discard(args)
+        raise
     json.dump(summary, sys.stdout, indent=2, default=str)
     sys.stdout.write("\n")
     return 0
+
+
+def _discard(args: argparse.Namespace) -> str:
+    out = getattr(args, "output_folder", None)
+    if out is None or not out.discard():
+        return ""
+    return f"; the finished layers are kept in {str(out.partial)!r}: rerun the same command with --resume"
+
+
+def _one_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    return " ".join(lines) if lines else type(error).__name__
 
 
 if __name__ == "__main__":

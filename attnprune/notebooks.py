@@ -110,16 +110,23 @@ def execute_chapter(chapter: Path, profile: str, force: bool = False) -> Path:
     print(f"  {chapter.stem}: executing with profile {profile!r} ...", flush=True)
     try:
         papermill.execute_notebook(
-            notebook, str(partial), parameters=parameters, cwd=str(ROOT),
-            kernel_name="python3", progress_bar=False, log_output=False,
+            notebook,
+            str(partial),
+            parameters=parameters,
+            cwd=str(ROOT),
+            kernel_name="python3",
+            progress_bar=False,
+            log_output=False,
         )
     except papermill.PapermillExecutionError as error:
         failed = BUILD / "papermill" / f"{profile}-failed" / output.name
         failed.parent.mkdir(parents=True, exist_ok=True)
         os.replace(partial, failed)
         output.unlink(missing_ok=True)  # never leave a stale success behind
-        raise ChapterFailed(f"chapter {chapter.stem} failed ({error.ename}: {error.evalue}); "
-                            f"the executed notebook with the error is {failed}") from None
+        raise ChapterFailed(
+            f"chapter {chapter.stem} failed ({error.ename}: {error.evalue}); "
+            f"the executed notebook with the error is {failed}"
+        ) from None
     executed = nbformat.read(partial, as_version=4)
     executed.metadata[STAMP_KEY] = stamp
     nbformat.write(executed, partial)
@@ -181,8 +188,9 @@ def build_book(profile: str) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m attnprune.notebooks", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m attnprune.notebooks", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("execute", help="execute chapters with papermill")
     run.add_argument("--profile", default="quick", help="parameter profile (default: quick)")

@@ -29,19 +29,37 @@ ROOT = Path(__file__).resolve().parents[1]
 METHODS = ["magnitude", "wanda", "sparsegpt", "ours", "ours+sparsegpt"]
 TARGET_RATIO, TARGET_SECONDS, TARGET_BYTES = 5.0, 600.0, 4 * 1024**3
 LLAMA_32_1B = dict(  # meta-llama/Llama-3.2-1B's config.json (shape only)
-    vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
-    num_attention_heads=32, num_key_value_heads=8, head_dim=64, max_position_embeddings=131072,
-    rms_norm_eps=1e-5, tie_word_embeddings=True, bos_token_id=128000, eos_token_id=128001,
-    rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "high_freq_factor": 4.0,
-                     "low_freq_factor": 1.0, "original_max_position_embeddings": 8192},
+    vocab_size=128256,
+    hidden_size=2048,
+    intermediate_size=8192,
+    num_hidden_layers=16,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    head_dim=64,
+    max_position_embeddings=131072,
+    rms_norm_eps=1e-5,
+    tie_word_embeddings=True,
+    bos_token_id=128000,
+    eos_token_id=128001,
+    rope_parameters={
+        "rope_type": "llama3",
+        "rope_theta": 500000.0,
+        "factor": 32.0,
+        "high_freq_factor": 4.0,
+        "low_freq_factor": 1.0,
+        "original_max_position_embeddings": 8192,
+    },
 )
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m", help="model to load (default: the offline model)")
-    parser.add_argument("--random-llama-1b", action="store_true",
-                        help="a randomly initialised model of Llama 3.2-1B's shape instead of --model")
+    parser.add_argument(
+        "--random-llama-1b",
+        action="store_true",
+        help="a randomly initialised model of Llama 3.2-1B's shape instead of --model",
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS, help="methods to time")
     parser.add_argument("--sparsity", type=float, default=0.5, help="ρ (default 0.5)")
@@ -84,7 +102,7 @@ def worker(args: argparse.Namespace) -> dict:
     import torch
 
     from attnprune.llm.evaluate import perplexity
-    from attnprune.llm.prune import prune_model
+    from attnprune.llm.prune import PruneConfig, prune_model
 
     model, calib, evaluation = load(args)
     if args.device.startswith("cuda"):
@@ -94,13 +112,24 @@ def worker(args: argparse.Namespace) -> dict:
         start = time.perf_counter()
         value = perplexity(model, evaluation, batch_size=1)
         seconds = time.perf_counter() - start
-        result = {"what": "perplexity", "seconds": seconds, "tokens": evaluation.numel(),
-                  "tokens_per_second": evaluation.numel() / seconds, "perplexity": value}
+        result = {
+            "what": "perplexity",
+            "seconds": seconds,
+            "tokens": evaluation.numel(),
+            "tokens_per_second": evaluation.numel() / seconds,
+            "perplexity": value,
+        }
     else:
         method, options = ("ours", {"support": "sparsegpt"}) if args.worker == "ours+sparsegpt" else (args.worker, {})
-        report = prune_model(model, calib, method, args.sparsity, batch_size=args.n_calibration, **options)
-        result = {"what": args.worker, "seconds": report["seconds"], "layers": len(report["layers"]),
-                  "pruned_sparsity": report["sparsity_summary"]["pruned_weights"], "options": report["options"]}
+        config = PruneConfig.from_options(method, args.sparsity, batch_size=args.n_calibration, **options)
+        _, report = prune_model(model, calib, config)
+        result = {
+            "what": args.worker,
+            "seconds": report.seconds,
+            "layers": len(report.layers),
+            "pruned_sparsity": report.sparsity_summary["pruned_weights"],
+            "options": report.options,
+        }
     result["peak_cpu_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     if args.device.startswith("cuda"):
         result["peak_cuda_bytes"] = torch.cuda.max_memory_allocated()
@@ -140,8 +169,11 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(worker(args)))
         return 0
     name = "random-llama-3.2-1b-shape" if args.random_llama_1b else args.model
-    print(f"benchmark: {name} on {args.device}, ρ = {args.sparsity}, {args.n_calibration} × {args.seq_len} "
-          f"calibration tokens, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs", flush=True)
+    print(
+        f"benchmark: {name} on {args.device}, ρ = {args.sparsity}, {args.n_calibration} × {args.seq_len} "
+        f"calibration tokens, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+        flush=True,
+    )
     results = []
     for what in [*args.methods, "eval"]:
         start = time.perf_counter()
@@ -151,15 +183,18 @@ def main(argv: list[str] | None = None) -> int:
     print(table(results, args.device))
     evaluation = next(r for r in results if r["what"] in ("perplexity", "eval"))
     if "error" not in evaluation:
-        print(f"\nperplexity evaluation: {evaluation['tokens']} tokens in {evaluation['seconds']:.1f} s, "
-              f"{evaluation['tokens_per_second']:.0f} tokens/s (perplexity {evaluation['perplexity']:.3g})")
+        print(
+            f"\nperplexity evaluation: {evaluation['tokens']} tokens in {evaluation['seconds']:.1f} s, "
+            f"{evaluation['tokens_per_second']:.0f} tokens/s (perplexity {evaluation['perplexity']:.3g})"
+        )
     by = {r["what"]: r for r in results}
     peak_key = "peak_cuda_bytes" if args.device.startswith("cuda") else "peak_cpu_bytes"
     targets = {}
     if "ours" in by and "sparsegpt" in by and "error" not in by["ours"] and "error" not in by["sparsegpt"]:
         ours = by["ours"]
         targets = {
-            f"ours within {TARGET_RATIO:g}× SparseGPT's wall time": ours["seconds"] <= TARGET_RATIO * by["sparsegpt"]["seconds"],
+            f"ours within {TARGET_RATIO:g}× SparseGPT's wall time": ours["seconds"]
+            <= TARGET_RATIO * by["sparsegpt"]["seconds"],
             f"ours under {TARGET_SECONDS / 60:g} minutes for all layers": ours["seconds"] < TARGET_SECONDS,
             f"ours under {TARGET_BYTES / 1024**3:g} GB peak memory": ours[peak_key] < TARGET_BYTES,
         }
@@ -170,9 +205,17 @@ def main(argv: list[str] | None = None) -> int:
     from attnprune.records.results import provenance, write_json
 
     out = Path(args.out) if args.out else ROOT / "_build" / "benchmark" / f"{name}-{args.device}.json"
-    meta = provenance("benchmark", model=name, data="austen" if not args.random_llama_1b else "random token ids",
-                      seed=0, device=args.device, sparsity=args.sparsity, n_calibration=args.n_calibration,
-                      seq_len=args.seq_len, cpus=os.cpu_count())
+    meta = provenance(
+        "benchmark",
+        model=name,
+        data="austen" if not args.random_llama_1b else "random token ids",
+        seed=0,
+        device=args.device,
+        sparsity=args.sparsity,
+        n_calibration=args.n_calibration,
+        seq_len=args.seq_len,
+        cpus=os.cpu_count(),
+    )
     write_json(out, {"meta": meta, "results": results, "targets": targets})
     print(f"\nwritten to {out}")
     return 0

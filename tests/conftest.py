@@ -8,8 +8,8 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 LLAMA32_ROPE = {  # Llama 3.2-1B's rotary embedding: rope_type "llama3" with its scaling
     "rope_type": "llama3",
@@ -54,4 +54,47 @@ def llama3_tokenizer():
     from transformers import AutoTokenizer
 
     from attnprune.llm import assets
+
     return AutoTokenizer.from_pretrained(assets.llama3_tokenizer_dir())
+
+
+WORDS = tuple(
+    [
+        "the",
+        "quick",
+        "brown",
+        "fox",
+        "jumps",
+        "over",
+        "a",
+        "lazy",
+        "dog",
+        "while",
+        "seven",
+        "wizards",
+        "quietly",
+        "judge",
+        "boxing",
+        "matches",
+        "in",
+        "the",
+        "old",
+        "town",
+        "square",
+        "near",
+        "the",
+        "river",
+    ]
+)
+
+
+@pytest.fixture(scope="session")
+def random_text():
+    """``make(n, seed=0)``: n words drawn (seeded) from a small vocabulary, as one line of text:
+    a calibration or evaluation file for the command-line tests."""
+
+    def make(n: int, seed: int = 0) -> str:
+        picks = torch.randint(len(WORDS), (n,), generator=torch.Generator().manual_seed(seed))
+        return " ".join(WORDS[i] for i in picks) + "\n"
+
+    return make

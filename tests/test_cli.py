@@ -13,9 +13,6 @@ from attnprune import cli
 from attnprune.core.masks import n_pruned
 from attnprune.llm.models import qk_modules
 
-WORDS = ("the quick brown fox jumps over a lazy dog while seven wizards quietly judge "
-         "boxing matches in the old town square near the river").split()
-
 
 @pytest.fixture(scope="module")
 def saved_model(tiny_llama, llama3_tokenizer, tmp_path_factory):
@@ -26,11 +23,9 @@ def saved_model(tiny_llama, llama3_tokenizer, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def text_file(tmp_path_factory):
-    generator = torch.Generator().manual_seed(0)
-    picks = torch.randint(len(WORDS), (1500,), generator=generator)
+def text_file(tmp_path_factory, random_text):
     path = tmp_path_factory.mktemp("text") / "corpus.txt"
-    path.write_text(" ".join(WORDS[i] for i in picks) + "\n", encoding="utf-8")
+    path.write_text(random_text(1500), encoding="utf-8")
     return path
 
 
@@ -40,8 +35,23 @@ def test_help_explains_every_option(capsys):
     assert exit_.value.code == 0
     assert "prune" in capsys.readouterr().out
     for command, options in {
-        "prune": ["--model", "--method", "--sparsity", "--calib", "--out", "--n-calibration", "--seq-len",
-                  "--layers", "--capture", "--steps", "--support", "--device", "--no-progress"],
+        "prune": [
+            "--model",
+            "--method",
+            "--sparsity",
+            "--calib",
+            "--out",
+            "--n-calibration",
+            "--seq-len",
+            "--layers",
+            "--capture",
+            "--steps",
+            "--support",
+            "--device",
+            "--no-progress",
+            "--overwrite",
+            "--resume",
+        ],
         "eval": ["--model", "--data", "--split", "--seq-len", "--max-sequences", "--summary"],
     }.items():
         with pytest.raises(SystemExit):
@@ -54,9 +64,30 @@ def test_help_explains_every_option(capsys):
 
 def test_prune_then_eval_end_to_end(saved_model, text_file, tmp_path, capsys):
     out = tmp_path / "pruned"
-    code = cli.main(["prune", "--model", str(saved_model), "--method", "ours", "--sparsity", "0.5",
-                     "--calib", str(text_file), "--out", str(out), "--n-calibration", "2", "--seq-len", "16",
-                     "--layers", "1", "--steps", "3", "--no-progress"])
+    code = cli.main(
+        [
+            "prune",
+            "--model",
+            str(saved_model),
+            "--method",
+            "ours",
+            "--sparsity",
+            "0.5",
+            "--calib",
+            str(text_file),
+            "--out",
+            str(out),
+            "--n-calibration",
+            "2",
+            "--seq-len",
+            "16",
+            "--layers",
+            "1",
+            "--steps",
+            "3",
+            "--no-progress",
+        ]
+    )
     assert code == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary == json.loads((out / cli.SUMMARY).read_text())
@@ -68,8 +99,25 @@ def test_prune_then_eval_end_to_end(saved_model, text_file, tmp_path, capsys):
     assert all(int((m.weight == 0).sum()) == 0 for m in qk_modules(reloaded, 0))
 
     report = tmp_path / "eval.json"
-    assert cli.main(["eval", "--model", str(out), "--data", str(text_file), "--seq-len", "16",
-                     "--max-sequences", "3", "--no-progress", "--summary", str(report)]) == 0
+    assert (
+        cli.main(
+            [
+                "eval",
+                "--model",
+                str(out),
+                "--data",
+                str(text_file),
+                "--seq-len",
+                "16",
+                "--max-sequences",
+                "3",
+                "--no-progress",
+                "--summary",
+                str(report),
+            ]
+        )
+        == 0
+    )
     evaluation = json.loads(capsys.readouterr().out)
     assert evaluation == json.loads(report.read_text())
     assert evaluation["n_sequences"] == 3 and evaluation["perplexity"] > 1.0
@@ -77,23 +125,136 @@ def test_prune_then_eval_end_to_end(saved_model, text_file, tmp_path, capsys):
 
 def test_baseline_prune_and_errors(saved_model, text_file, tmp_path, capsys):
     out = tmp_path / "wanda"
-    assert cli.main(["prune", "--model", str(saved_model), "--method", "wanda", "--sparsity", "0.3",
-                     "--calib", str(text_file), "--out", str(out), "--n-calibration", "2", "--seq-len", "16",
-                     "--no-progress"]) == 0
+    assert (
+        cli.main(
+            [
+                "prune",
+                "--model",
+                str(saved_model),
+                "--method",
+                "wanda",
+                "--sparsity",
+                "0.3",
+                "--calib",
+                str(text_file),
+                "--out",
+                str(out),
+                "--n-calibration",
+                "2",
+                "--seq-len",
+                "16",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["sparsity_summary"]["pruned_weights"] == pytest.approx(0.3, abs=2e-3)
     with pytest.raises(SystemExit) as exit_:
-        cli.main(["prune", "--model", str(saved_model), "--method", "wanda", "--sparsity", "0.3",
-                  "--calib", str(text_file), "--out", str(out), "--steps", "3"])
+        cli.main(
+            [
+                "prune",
+                "--model",
+                str(saved_model),
+                "--method",
+                "wanda",
+                "--sparsity",
+                "0.3",
+                "--calib",
+                str(text_file),
+                "--out",
+                str(out),
+                "--steps",
+                "3",
+            ]
+        )
     assert exit_.value.code == 2
     assert "--steps apply to --method ours only" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        cli.main(["prune", "--model", str(saved_model), "--method", "wanda", "--sparsity", "1.5",
-                  "--calib", str(text_file), "--out", str(out)])
+        cli.main(
+            [
+                "prune",
+                "--model",
+                str(saved_model),
+                "--method",
+                "wanda",
+                "--sparsity",
+                "1.5",
+                "--calib",
+                str(text_file),
+                "--out",
+                str(out),
+            ]
+        )
     assert "sparsity" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.main(["eval", "--model", str(tmp_path / "missing"), "--data", str(text_file)])
     assert "no such local model folder" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        cli.main(["prune", "--model", str(saved_model), "--method", "obs", "--sparsity", "0.3",
-                  "--calib", str(text_file), "--out", str(out)])
+        cli.main(
+            [
+                "prune",
+                "--model",
+                str(saved_model),
+                "--method",
+                "obs",
+                "--sparsity",
+                "0.3",
+                "--calib",
+                str(text_file),
+                "--out",
+                str(out),
+            ]
+        )
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_relative_paths_are_relative_to_the_current_directory(saved_model, text_file, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # outside the repository: the files land here, not under the repository root
+    assert (
+        cli.main(
+            [
+                "prune",
+                "--model",
+                str(saved_model),
+                "--method",
+                "magnitude",
+                "--sparsity",
+                "0.5",
+                "--calib",
+                str(text_file),
+                "--out",
+                "pruned",
+                "--n-calibration",
+                "1",
+                "--seq-len",
+                "8",
+                "--layers",
+                "0",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    summary = json.loads(capsys.readouterr().out)
+    assert (tmp_path / "pruned" / "config.json").is_file()
+    assert json.loads((tmp_path / "pruned" / cli.SUMMARY).read_text()) == summary
+    assert (
+        cli.main(
+            [
+                "eval",
+                "--model",
+                "pruned",
+                "--data",
+                str(text_file),
+                "--seq-len",
+                "8",
+                "--max-sequences",
+                "1",
+                "--no-progress",
+                "--summary",
+                "reports/eval.json",
+            ]
+        )
+        == 0
+    )
+    assert json.loads((tmp_path / "reports" / "eval.json").read_text()) == json.loads(capsys.readouterr().out)

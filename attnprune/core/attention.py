@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .checks import check_inner_dim, check_square, check_tensor
+from .checks import check_bool, check_inner_dim, check_square, check_tensor
 
 
 def causal_mask(n: int, device: torch.device | None = None) -> Tensor:
@@ -42,7 +42,7 @@ def attention_matrix(X: Tensor, W: Tensor, causal: bool = False) -> Tensor:
     check_tensor("W", W)
     check_square("W", W)
     check_inner_dim("X", X, "W", W)
-    return row_softmax(scores(X, W), causal)
+    return row_softmax(scores(X, W), check_bool("causal", causal))
 
 
 def relative_error(X: Tensor, W_pruned: Tensor, W: Tensor, causal: bool = False) -> float:

@@ -1,4 +1,4 @@
-"""The "linear pruning" baselines of spec §5: magnitude, Wanda and SparseGPT.
+"""The "linear pruning" baselines the paper compares with: magnitude, Wanda and SparseGPT.
 
 Each prunes one weight in ``torch.nn.Linear`` layout (out × in, the map x ↦ W x) at an exact
 sparsity ρ: every output row keeps ``in − round(ρ·in)`` entries (Wanda's comparison group, used
@@ -77,8 +77,9 @@ def sparsegpt_prune(
     Give the calibration input X (tokens × in) or the precomputed H = XᵀX (in × in, summed over
     tokens), not both. ``percdamp`` · mean(diag H) is added to the diagonal of H; ``blocksize``
     columns are pruned per mask selection (see the module docstring). Computed in float64,
-    returned in the dtype of W. Input features that never fire (a zero column of X, so H_jj = 0) have H_jj set to 1 as in the
-    reference, and are pruned first (score 0) since they cost nothing on the calibration data.
+    returned in the dtype of W. Input features that never fire (a zero column of X, so H_jj = 0)
+    have H_jj set to 1 as in the reference, and are pruned first (score 0) since they cost nothing
+    on the calibration data.
     """
     W = _check_weight(W)
     rho = check_sparsity("sparsity", sparsity)
@@ -123,7 +124,9 @@ BASELINES: dict[str, Baseline] = {
     "magnitude": Baseline("magnitude", "Magnitude", lambda W, X, rho, H: magnitude_prune(W, rho)),
     "wanda": Baseline("wanda", "Wanda", lambda W, X, rho, H: wanda_prune(W, X, rho)),
     "sparsegpt": Baseline(
-        "sparsegpt", "SparseGPT", lambda W, X, rho, H: sparsegpt_prune(W, None, rho, H=hessian(X, W) if H is None else H)
+        "sparsegpt",
+        "SparseGPT",
+        lambda W, X, rho, H: sparsegpt_prune(W, None, rho, H=hessian(X, W) if H is None else H),
     ),
 }
 LINEAR = tuple(BASELINES)
@@ -203,8 +206,7 @@ def _upper_cholesky_of_inverse(H: Tensor) -> Tensor:
         return torch.linalg.cholesky(inverse, upper=True)
     except torch.linalg.LinAlgError as error:
         raise ValueError(
-            f"H + damping is not positive definite ({error}); raise percdamp or give more "
-            "calibration tokens"
+            f"H + damping is not positive definite ({error}); raise percdamp or give more calibration tokens"
         ) from None
 
 
@@ -217,9 +219,10 @@ def _hessian_from(W: Tensor, X: Tensor | None, H: Tensor | None) -> Tensor:
     check_tensor("H", H)
     if H.shape != (W.shape[1], W.shape[1]):
         raise ValueError(
-            f"H must be in × in = {(W.shape[1], W.shape[1])} for W of shape {tuple(W.shape)}, "
-            f"got {tuple(H.shape)}"
+            f"H must be in × in = {(W.shape[1], W.shape[1])} for W of shape {tuple(W.shape)}, got {tuple(H.shape)}"
         )
+    if not H.any():
+        raise ValueError("H is all zeros (X is all zeros): SparseGPT's scores carry no information; use magnitude")
     return H.to(torch.float64).clone()
 
 
@@ -238,4 +241,11 @@ def _flat_input(X: Tensor, W: Tensor) -> Tensor:
             f"X has {X.shape[-1]} features (shape {tuple(X.shape)}) but W (out × in = "
             f"{tuple(W.shape)}) takes {W.shape[1]}; X must be tokens × in"
         )
-    return X.reshape(-1, X.shape[-1])
+    X = X.reshape(-1, X.shape[-1])  # (tokens, in)
+    if not X.any():
+        raise ValueError(
+            "X is all zeros: every input feature has norm 0, so Wanda's and SparseGPT's scores carry no "
+            "information (they would prune the first columns of every row); give calibration inputs that "
+            "reach the layer, or use magnitude pruning, which needs none"
+        )
+    return X

@@ -20,10 +20,13 @@ def check_tensor(name: str, value: object, *, min_ndim: int = 2) -> Tensor:
         raise ValueError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
     if value.dtype not in FLOAT_DTYPES:
         raise ValueError(
-            f"{name} must be float32 or float64, got {value.dtype}; convert it with .double()"
+            f"{name} must be float32 or float64, got {value.dtype}; convert it with .float() (a model: "
+            "load it in float32, the default of load_model)"
         )
     if value.ndim < min_ndim:
         raise ValueError(f"{name} must have at least {min_ndim} dimensions, got shape {tuple(value.shape)}")
+    if value.numel() == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(value.shape)}); give at least one token and one feature")
     if not torch.isfinite(value).all():
         raise ValueError(f"{name} contains NaN or Inf; clean the input before pruning")
     return value
@@ -50,16 +53,13 @@ def check_inner_dim(x_name: str, X: Tensor, w_name: str, W: Tensor) -> None:
         torch.broadcast_shapes(X.shape[:-2], W.shape[:-2])
     except RuntimeError:
         raise ValueError(
-            f"batch dimensions of {x_name} {tuple(X.shape[:-2])} and {w_name} "
-            f"{tuple(W.shape[:-2])} do not broadcast"
+            f"batch dimensions of {x_name} {tuple(X.shape[:-2])} and {w_name} {tuple(W.shape[:-2])} do not broadcast"
         ) from None
 
 
 def check_same_shape(name: str, value: Tensor, ref_name: str, ref: Tensor) -> None:
     if value.shape != ref.shape:
-        raise ValueError(
-            f"{name} must have the shape of {ref_name} {tuple(ref.shape)}, got {tuple(value.shape)}"
-        )
+        raise ValueError(f"{name} must have the shape of {ref_name} {tuple(ref.shape)}, got {tuple(value.shape)}")
 
 
 def check_sparsity(name: str, rho: float) -> float:
@@ -90,6 +90,13 @@ def check_positive(name: str, value: float) -> float:
 def check_positive_int(name: str, value: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def check_bool(name: str, value: object) -> bool:
+    """A flag must be a real bool: a string such as "no" would otherwise read as True."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
     return value
 
 

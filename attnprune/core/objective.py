@@ -3,7 +3,7 @@
     L(M) = ½‖Att(M∘W) − Att(W)‖²_F + (λ/2)‖M‖²_F
 
     ∇L(M) = W ∘ (Xᵀ P X) + λM,   P = F∘G − diag((F∘G)·1)·F,
-    F = Att(M∘W), F₀ = Att(W), G = F − F₀                                   (spec §2)
+    F = Att(M∘W), F₀ = Att(W), G = F − F₀                                   (chapter 02)
 
 Each row of P is the softmax Jacobian diag(f) − f fᵀ of that row applied to the row of G. The
 same formula holds with the causal mask. One gradient costs O(n²d + nd²).
@@ -55,7 +55,7 @@ class PruningProblem:
         return self._loss_from(M, self.attention(M))
 
     def gradient(self, M: Tensor) -> Tensor:
-        """∇L(M) = W ∘ (Xᵀ P X) + λM, the closed form of spec §2."""
+        """∇L(M) = W ∘ (Xᵀ P X) + λM, the closed form derived in chapter 02."""
         return self.loss_and_gradient(M)[1]
 
     def loss_and_gradient(self, M: Tensor) -> tuple[Tensor, Tensor]:
@@ -92,7 +92,7 @@ def loss(M: Tensor, X: Tensor, W: Tensor, lam: float = 0.0, causal: bool = False
 
 
 def gradient(M: Tensor, X: Tensor, W: Tensor, lam: float = 0.0, causal: bool = False) -> Tensor:
-    """∇L(M) in closed form (spec §2); see :class:`PruningProblem`."""
+    """∇L(M) in closed form (chapter 02); see :class:`PruningProblem`."""
     return PruningProblem(X, W, lam, causal).gradient(M)
 
 

@@ -1,4 +1,4 @@
-"""Algorithm 1: gradient descent on a real-valued mask M, then a hard mask (spec §3).
+"""Algorithm 1: gradient descent on a real-valued mask M, then a hard mask (chapter 05).
 
     M₀ = 1;  M_{t+1} = M_t − η ∇L(M_t);  B = top-(1−ρ) entries of the score;  output B∘W or B∘M∘W
 
@@ -12,20 +12,25 @@ Variants (the paper does not say how its hard mask is taken, so both are offered
 Step size η: ``"bound"`` is 1/L_bound (the Lipschitz constant of :mod:`attnprune.core.theory`, for which
 the descent lemma guarantees progress), ``"armijo"`` backtracks from twice the last accepted
 step until L(M − η∇L) ≤ L(M) − (η/2)‖∇L‖², and a float is used as it is.
+
+Every projected descent of the library is the one loop :func:`descend`: an objective gives the
+loss and the gradients of a list of parameters (the closed form of Definition 3.2 here, autograd
+for a layer of a real model), a step rule moves them in place (:class:`FixedStep`,
+:class:`Armijo`, :class:`Adam` with a schedule of :func:`step_size`), a projection
+(:class:`HardThreshold`) keeps the top entries, and a :class:`~attnprune.core.trace.Trace`
+records each step.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import Tensor
 
-from .masks import GROUPS, hard_mask, sparsity_of
-from .objective import PruningProblem
-from .theory import lipschitz_bound
-from .trace import Trace
 from .checks import (
     check_choice,
     check_positive,
@@ -34,6 +39,10 @@ from .checks import (
     check_sparsity,
     check_tensor,
 )
+from .masks import GROUPS, hard_mask
+from .objective import PruningProblem
+from .theory import lipschitz_bound
+from .trace import Trace
 
 VARIANTS = ("plain", "projected")
 SCORES = ("magnitude", "mask")
@@ -41,6 +50,9 @@ OUTPUTS = ("mask-only", "reweighted")
 SCHEDULES = ("constant", "cosine", "final-decay")
 ARMIJO_SHRINK = 0.5
 ARMIJO_MAX_HALVINGS = 60
+
+Objective = Callable[[list[Tensor], int], tuple[Tensor | float, list[Tensor]]]
+"""objective(params, t) → (L at params, [∇L for each parameter]) on step t's data."""
 
 
 @dataclass
@@ -87,19 +99,173 @@ def step_size(lr: float, step: int, steps: int, schedule: str) -> float:
     return lr * min(1.0, 4.0 * (steps - step) / steps)
 
 
-def armijo_step(
-    problem: PruningProblem, M: Tensor, loss: Tensor, grad: Tensor, eta: float
-) -> tuple[float, Tensor]:
-    """Backtrack η ← η/2 until L(M − η∇L) ≤ L(M) − (η/2)‖∇L‖²; return η and the new M."""
-    g2 = float(grad.square().sum())
-    for _ in range(ARMIJO_MAX_HALVINGS):
-        candidate = M - eta * grad
-        if float(problem.loss(candidate)) <= float(loss) - 0.5 * eta * g2:
-            return eta, candidate
-        eta *= ARMIJO_SHRINK
-    return 0.0, M
+def check_ramp(ramp: float) -> float:
+    """The fraction of the steps over which ρ_t rises to ρ: in (0, 1]."""
+    if not 0.0 < ramp <= 1.0:
+        raise ValueError(f"ramp must lie in (0, 1], got {ramp}")
+    return ramp
 
 
+def joint_norm(tensors: Sequence[Tensor]) -> float:
+    """‖(T₁, …, T_n)‖_F, the Frobenius norm of all the tensors together (one tensor: its norm)."""
+    return math.hypot(*(float(t.norm()) for t in tensors))
+
+
+def zero_fraction(tensors: Sequence[Tensor]) -> float:
+    """The fraction of exact zeros over all the tensors together."""
+    return sum(int((t == 0).sum()) for t in tensors) / sum(t.numel() for t in tensors)
+
+
+# -- step rules: move the parameters in place, return the step size taken --------------------------
+class StepRule(Protocol):
+    def step(self, params: list[Tensor], grads: list[Tensor], loss: Tensor | float, t: int, steps: int) -> float:
+        """Update ``params`` in place from their gradients at step t of T; return the η taken."""
+        ...
+
+
+class FixedStep:
+    """M ← M − η∇L with one η throughout: a float, or 1/L_bound (the ``"bound"`` step of Algorithm 1)."""
+
+    def __init__(self, eta: float) -> None:
+        self.eta = check_positive("step_size", eta)
+
+    def step(self, params: list[Tensor], grads: list[Tensor], loss: Tensor | float, t: int, steps: int) -> float:
+        for M, grad in zip(params, grads, strict=True):
+            M.sub_(self.eta * grad)
+        return self.eta
+
+
+class Armijo:
+    """Backtracking (the ``"armijo"`` step of Algorithm 1): η ← η/2 until
+    L(M − η∇L) ≤ L(M) − (η/2)‖∇L‖². The first trial, at the first nonzero gradient, is scale-free,
+    η = ‖M‖_F/‖∇L‖_F (at M₀ = 1 with λ = 0 the gradient is exactly zero, and the projected variant
+    only moves M away from there by its projection); later trials start at twice the last
+    accepted η. ``loss(params)`` evaluates L; ``eta`` is the fallback before any scaling."""
+
+    def __init__(self, loss: Callable[[list[Tensor]], Tensor], eta: float) -> None:
+        self.loss = loss
+        self.eta = eta
+        self.scaled = False  # has the scale-free first trial been taken yet?
+
+    def step(self, params: list[Tensor], grads: list[Tensor], loss: Tensor | float, t: int, steps: int) -> float:
+        g = joint_norm(grads)
+        trial = 2.0 * self.eta if self.scaled else (joint_norm(params) / g if g > 0 else self.eta)
+        self.scaled = self.scaled or g > 0
+        taken = self.search(params, grads, float(loss), trial)
+        self.eta = taken if taken > 0 else self.eta
+        return taken
+
+    def search(self, params: list[Tensor], grads: list[Tensor], loss: float, eta: float) -> float:
+        """Halve η from ``eta`` until the sufficient decrease holds; move params; return η (0: none)."""
+        g2 = sum(float(grad.square().sum()) for grad in grads)
+        for _ in range(ARMIJO_MAX_HALVINGS):
+            candidate = [M - eta * grad for M, grad in zip(params, grads, strict=True)]
+            if float(self.loss(candidate)) <= loss - 0.5 * eta * g2:
+                for M, new in zip(params, candidate, strict=True):
+                    M.copy_(new)
+                return eta
+            eta *= ARMIJO_SHRINK
+        return 0.0
+
+
+class Adam:
+    """Adam's per-entry steps (``torch.optim.Adam``, created at the first step) with the step size
+    lr_t = :func:`step_size` (lr, t, T, ``schedule``)."""
+
+    def __init__(self, lr: float, schedule: str = "constant") -> None:
+        self.lr = check_positive("lr", lr)
+        self.schedule = check_choice("schedule", schedule, SCHEDULES)
+        self.optimizer: torch.optim.Adam | None = None
+
+    def step(self, params: list[Tensor], grads: list[Tensor], loss: Tensor | float, t: int, steps: int) -> float:
+        if self.optimizer is None:
+            self.optimizer = torch.optim.Adam(params, lr=self.lr)
+        group = self.optimizer.param_groups[0]
+        group["lr"] = step_size(self.lr, t, steps, self.schedule)
+        for M, grad in zip(params, grads, strict=True):
+            M.grad = grad
+        self.optimizer.step()
+        return group["lr"]
+
+
+# -- the projection: iterative hard thresholding ---------------------------------------------------
+class HardThreshold:
+    """The projection of the projected variant (iterative hard thresholding): after step t, each
+    mask M keeps its top entries by score (|M∘W| or M, :func:`score_of`) at the target sparsity
+    ρ_t of :func:`target_sparsity` and the rest is zeroed, M ← M∘B_t. ``bases`` are the W each
+    mask multiplies; ``support`` fixes the masks B instead (refit of a given support).
+    ``last`` holds the masks B_t of the last :meth:`select`."""
+
+    def __init__(
+        self,
+        bases: list[Tensor],
+        sparsity: float,
+        steps: int,
+        *,
+        ramp: float = 0.5,
+        score: str = "magnitude",
+        group: str = "matrix",
+        support: list[Tensor] | None = None,
+    ) -> None:
+        self.bases, self.sparsity, self.steps, self.ramp = bases, sparsity, steps, ramp
+        self.score, self.group, self.support = score, group, support
+        self.last: list[Tensor] = []
+
+    def masks(self, params: list[Tensor], sparsity: float) -> list[Tensor]:
+        """The hard masks B at ``sparsity`` (exact count per group, :func:`hard_mask`), or the support."""
+        if self.support is not None:
+            return list(self.support)
+        with torch.no_grad():
+            return [
+                hard_mask(score_of(M, W, self.score), sparsity, self.group)
+                for M, W in zip(params, self.bases, strict=True)
+            ]
+
+    def select(self, params: list[Tensor], t: int) -> list[Tensor]:
+        """B_t, the hard masks at ρ_t (kept in :attr:`last`)."""
+        self.last = self.masks(params, target_sparsity(t, self.steps, self.sparsity, self.ramp))
+        return self.last
+
+    def __call__(self, params: list[Tensor], t: int) -> None:
+        with torch.no_grad():
+            for M, B in zip(params, self.select(params, t), strict=True):
+                M.mul_(B)
+
+
+# -- the loop ---------------------------------------------------------------------------------------
+def descend(
+    params: list[Tensor],
+    objective: Objective,
+    rule: StepRule,
+    steps: int,
+    *,
+    project: Callable[[list[Tensor], int], None] | None = None,
+    sparsity: Callable[[list[Tensor]], float] = zero_fraction,
+    after_step: Callable[[int, list[Tensor], Trace], None] | None = None,
+) -> Trace:
+    """Projected descent (Algorithm 1; iterative hard thresholding when ``project`` is given):
+    for t = 0, …, T−1
+
+        L_t, ∇L_t = objective(params, t);  params ← rule(params, ∇L_t);  project(params, t)
+
+    moving ``params`` in place. The trace records L_t, ‖∇L_t‖_F (all parameters together), the η
+    the rule took and ``sparsity(params)`` (default: their fraction of exact zeros) after the step;
+    ``after_step(t, params, trace)`` runs last (a validation check, a checkpoint)."""
+    check_positive_int("steps", steps)
+    trace = Trace()
+    for t in range(steps):
+        loss, grads = objective(params, t)
+        with torch.no_grad():
+            taken = rule.step(params, grads, loss, t, steps)
+            if project is not None:
+                project(params, t)
+        trace.record(float(loss), joint_norm(grads), taken, sparsity(params))
+        if after_step is not None:
+            after_step(t, params, trace)
+    return trace
+
+
+# -- Algorithm 1 ------------------------------------------------------------------------------------
 def prune(
     problem: PruningProblem,
     sparsity: float,
@@ -119,50 +285,73 @@ def prune(
     ``"row"``; ``ramp``: the fraction of the steps over which the projected variant raises its
     target sparsity; ``M0``: the starting mask (default all ones, the dense model).
     """
+    rho = _check_algorithm_1(sparsity, variant, score, group, steps, ramp)
+    M = _initial_mask(problem, M0)
+    return _algorithm_1(problem, rho, M, step_rule(problem, step_size), steps, variant, score, group, ramp)
+
+
+def prune_with(
+    problem: PruningProblem,
+    sparsity: float,
+    rule: StepRule,
+    *,
+    variant: str = "projected",
+    steps: int = 100,
+    score: str = "magnitude",
+    group: str = "matrix",
+    ramp: float = 0.5,
+    M0: Tensor | None = None,
+) -> PruneResult:
+    """Algorithm 1 as :func:`prune`, with any step rule (e.g. :class:`Adam`)."""
+    rho = _check_algorithm_1(sparsity, variant, score, group, steps, ramp)
+    M = _initial_mask(problem, M0)
+    return _algorithm_1(problem, rho, M, rule, steps, variant, score, group, ramp)
+
+
+def step_rule(problem: PruningProblem, step_size: float | str) -> StepRule:
+    """The rule of :func:`prune`'s ``step_size``: ``"bound"`` (η = 1/L_bound), ``"armijo"``
+    (falling back to 1/L_bound while the gradient is zero) or a float η > 0."""
+    if not isinstance(step_size, str):
+        return FixedStep(step_size)
+    check_choice("step_size", step_size, ("bound", "armijo"))
+    eta = 1.0 / lipschitz_bound(problem.X, problem.W, problem.lam)
+    if step_size == "bound":
+        return FixedStep(eta)
+    return Armijo(lambda params: problem.loss(params[0]), eta)
+
+
+def _algorithm_1(
+    problem: PruningProblem,
+    rho: float,
+    M: Tensor,
+    rule: StepRule,
+    steps: int,
+    variant: str,
+    score: str,
+    group: str,
+    ramp: float,
+) -> PruneResult:
+    """The loop of Algorithm 1 on the closed-form L(M), ∇L(M) of Definition 3.2, then B at ρ."""
+    threshold = HardThreshold([problem.W], rho, steps, ramp=ramp, score=score, group=group)
+
+    def objective(params: list[Tensor], t: int) -> tuple[Tensor, list[Tensor]]:
+        loss, grad = problem.loss_and_gradient(params[0])
+        return loss, [grad]
+
+    project = threshold if variant == "projected" else None
+    trace = descend([M], objective, rule, steps, project=project)
+    (mask,) = threshold.masks([M], rho)
+    return PruneResult(problem, mask, M, rho, trace, float(problem.loss(M)))
+
+
+def _check_algorithm_1(sparsity: float, variant: str, score: str, group: str, steps: int, ramp: float) -> float:
     rho = check_sparsity("sparsity", sparsity)
     check_choice("variant", variant, VARIANTS)
     check_choice("score", score, SCORES)
     check_choice("group", group, GROUPS)
     check_positive_int("steps", steps)
-    if not 0.0 < ramp <= 1.0:
-        raise ValueError(f"ramp must lie in (0, 1], got {ramp}")
-    M = _initial_mask(problem, M0)
-    eta = _initial_step(problem, step_size)
-    scaled = False  # Armijo: has the scale-free first trial been taken yet?
-
-    trace = Trace()
-    for t in range(steps):
-        loss, grad = problem.loss_and_gradient(M)
-        if step_size == "armijo":
-            trial = 2.0 * eta if scaled else _armijo_first_trial(M, grad, eta)
-            scaled = scaled or bool(grad.norm() > 0)
-            taken, M = armijo_step(problem, M, loss, grad, trial)
-            eta = taken if taken > 0 else eta
-        else:
-            taken, M = eta, M - eta * grad
-        if variant == "projected":
-            rho_t = target_sparsity(t, steps, rho, ramp)
-            M = M * hard_mask(score_of(M, problem.W, score), rho_t, group)
-        trace.record(float(loss), float(grad.norm()), taken, sparsity_of(M))
-
-    mask = hard_mask(score_of(M, problem.W, score), rho, group)
-    return PruneResult(problem, mask, M, rho, trace, float(problem.loss(M)))
-
-
-def _initial_step(problem: PruningProblem, step_size: float | str) -> float:
-    if isinstance(step_size, str):
-        check_choice("step_size", step_size, ("bound", "armijo"))
-        return 1.0 / lipschitz_bound(problem.X, problem.W, problem.lam)
-    return check_positive("step_size", step_size)
-
-
-def _armijo_first_trial(M: Tensor, grad: Tensor, fallback: float) -> float:
-    """The first Armijo trial moves M by its own norm: η = ‖M‖_F / ‖∇L‖_F (scale-free).
-
-    It is taken at the first step with a nonzero gradient (at M₀ = 1 with λ = 0 the gradient is
-    exactly zero, and the projected variant only moves M away from there by its projection)."""
-    g = float(grad.norm())
-    return float(M.norm()) / g if g > 0 else fallback
+    check_ramp(ramp)
+    return rho
 
 
 def _initial_mask(problem: PruningProblem, M0: Tensor | None) -> Tensor:

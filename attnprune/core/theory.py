@@ -1,4 +1,4 @@
-"""The theory of spec §4: our constants, stated and proved in the book, and the formulas that check it.
+"""The theory of the paper's Section 4: our constants, stated and proved in the book, and the formulas that check it.
 
 **Lipschitz gradient** (the book's Proposition "Lipschitz gradient"): for all M₁, M₂,
 
@@ -37,7 +37,6 @@ import torch
 from torch import Tensor, linalg
 
 from .checks import check_nonnegative, check_positive, check_positive_int, check_tensor
-
 from .trace import Trace
 
 SOFTMAX_CURVATURE = 5.0 / 4.0
@@ -112,7 +111,7 @@ def pl_constant(losses: Sequence[float], grad_norms: Sequence[float], xi: float,
 def descent_lemma_slack(trace: Trace, final_loss: float) -> np.ndarray:
     """L(M_t) − (η_t/2)‖∇L(M_t)‖² − L(M_{t+1}) for every step t: ≥ 0 where the descent lemma
     (or the Armijo condition, which is the same inequality) holds. ``final_loss`` is L(M_T)."""
-    loss = np.asarray(trace.loss + [final_loss], dtype=float)
+    loss = np.asarray([*trace.loss, final_loss], dtype=float)
     eta = np.asarray(trace.step_size, dtype=float)
     grad = np.asarray(trace.grad_norm, dtype=float)
     return loss[:-1] - 0.5 * eta * grad**2 - loss[1:]

@@ -1,27 +1,28 @@
 """Comparing pruning candidates on one model: prune with each, keep its q/k weights, score them.
 
 A :class:`Candidate` is a named method with options (``ours`` with a remedy, a baseline, ...).
-:func:`prune_candidates` prunes the model with each candidate at each ρ (restoring the dense
-weights in between) and keeps the pruned q/k weights; :func:`perplexity_table` and
-:func:`error_table` score them (perplexity on held-out text; the per-layer relative attention
-error on any set of sequences, from :func:`attnprune.llm.prune.layer_errors`);
-:func:`reload_check` writes a pruned model with ``save_pretrained`` and reads it back. The
-chapter on deployable pruning tells the story; the logic lives here.
+:func:`prune_candidates` prunes with each candidate at each ρ, always from the model's dense
+weights (the model is never changed), and keeps the pruned q/k weights; :func:`perplexity_table`
+and :func:`error_table` score them (perplexity on held-out text with the pruned weights passed
+in; the per-layer relative attention error on any set of sequences, from
+:func:`attnprune.llm.evaluate.layer_errors`); :func:`reload_check` writes a pruned checkpoint
+with ``save_pretrained`` and reads it back. The chapter on deployable pruning tells the story;
+the logic lives here.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import pandas as pd
 from torch import Tensor, nn
 from transformers import AutoModelForCausalLM
 from transformers.utils import logging as hf_logging
 
-from ..llm.evaluate import perplexity
-from ..llm.prune import (METHODS, QKWeights, layer_errors, prune_model, qk_modules, qk_weights, set_qk_weights,
-                       swapped)
 from ..core.checks import check_choice
+from ..llm.evaluate import layer_errors, perplexity
+from ..llm.models import qk_modules
+from ..llm.prune import METHODS, PruneConfig, PruneReport, QKWeights, prune_model, qk_overrides
 
 DENSE = "dense"
 KEY = "{name} @ {rho:g}"
@@ -29,9 +30,10 @@ KEY = "{name} @ {rho:g}"
 
 @dataclass(frozen=True)
 class Candidate:
-    """A named pruning method: ``method`` (one of :data:`attnprune.llm.prune.METHODS`) and the
-    ``options`` of :func:`attnprune.llm.prune.prune_model`; ``early_stopping`` passes the
-    validation sequences to it (ours only)."""
+    """A named pruning method: ``method`` (one of :data:`attnprune.llm.prune.METHODS`) and its
+    ``options`` (those of :meth:`attnprune.llm.prune.PruneConfig.from_options`: the settings of
+    ours); ``early_stopping`` passes the validation sequences to it (ours only). The options are
+    checked when the candidate is made."""
 
     name: str
     method: str
@@ -42,6 +44,11 @@ class Candidate:
         check_choice("method", self.method, METHODS)
         if self.early_stopping and self.method != "ours":
             raise ValueError(f"early_stopping applies to method 'ours' only, not {self.method!r}")
+        self.config(0.0)
+
+    def config(self, sparsity: float, *, layers: list[int] | None = None, batch_size: int = 8) -> PruneConfig:
+        """The :class:`~attnprune.llm.prune.PruneConfig` of this candidate at sparsity ρ."""
+        return PruneConfig.from_options(self.method, sparsity, layers=layers, batch_size=batch_size, **self.options)
 
 
 def prune_candidates(
@@ -54,61 +61,78 @@ def prune_candidates(
     validation_ids: Tensor | None = None,
     batch_size: int = 8,
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict[tuple[str, float], QKWeights]]:
-    """Prune ``model`` with every candidate at every ρ, each time from the dense weights.
+    """Prune ``model`` with every candidate at every ρ, each time from its dense weights.
 
     Returns a summary (one row per candidate and ρ: seconds, sparsity of the pruned weights and of
     the whole model's linear weights, mean fitted error), the per-layer rows of the reports, and
-    the pruned q/k weights keyed by (name, ρ). The model holds its dense weights on return.
+    the pruned q/k weights keyed by (name, ρ). The model is not changed.
     """
     if len({c.name for c in candidates}) != len(candidates):
         raise ValueError("candidates must have distinct names")
-    dense = qk_weights(model)
     summary, per_layer, weights = [], [], {}
-    try:
-        for candidate in candidates:
-            for rho in sparsities:
-                validation = validation_ids if candidate.early_stopping else None
-                report = prune_model(model, calib_ids, candidate.method, rho, layers=layers, batch_size=batch_size,
-                                     validation_ids=validation, **candidate.options)
-                weights[candidate.name, rho] = qk_weights(model, report["layers"])
-                set_qk_weights(model, dense)
-                fit = pd.DataFrame(report["per_layer"])
-                summary.append({
-                    "candidate": candidate.name, "method": candidate.method, "rho": rho,
-                    "n_calibration": report["n_calibration"], "seq_len": report["seq_len"],
-                    "seconds": report["seconds"], "fit_error": float(fit["fit_error"].mean()),
-                    **{f"sparsity_{k}": v for k, v in report["sparsity_summary"].items()},
-                })
-                per_layer += [{"candidate": candidate.name, "rho": rho, **row} for row in report["per_layer"]]
-    finally:
-        set_qk_weights(model, dense)
+    for candidate in candidates:
+        for rho in sparsities:
+            validation = validation_ids if candidate.early_stopping else None
+            config = candidate.config(rho, layers=layers, batch_size=batch_size)
+            weights[candidate.name, rho], report = prune_model(model, calib_ids, config, validation_ids=validation)
+            summary.append(_summary_row(candidate, rho, report))
+            per_layer += [{"candidate": candidate.name, "rho": rho, **asdict(row)} for row in report.per_layer]
     return pd.DataFrame(summary), pd.DataFrame(per_layer), weights
 
 
-def perplexity_table(model: nn.Module, weights: dict[tuple[str, float], QKWeights],
-                     eval_sets: dict[str, Tensor], *, batch_size: int = 8, dense: bool = True) -> pd.DataFrame:
+def _summary_row(candidate: Candidate, rho: float, report: PruneReport) -> dict:
+    fit = pd.DataFrame([asdict(row) for row in report.per_layer])
+    return {
+        "candidate": candidate.name,
+        "method": candidate.method,
+        "rho": rho,
+        "n_calibration": report.n_calibration,
+        "seq_len": report.seq_len,
+        "seconds": report.seconds,
+        "fit_error": float(fit["fit_error"].mean()),
+        **{f"sparsity_{k}": v for k, v in report.sparsity_summary.items()},
+    }
+
+
+def perplexity_table(
+    model: nn.Module,
+    weights: dict[tuple[str, float], QKWeights],
+    eval_sets: dict[str, Tensor],
+    *,
+    batch_size: int = 8,
+    dense: bool = True,
+) -> pd.DataFrame:
     """Perplexity of the dense model (``dense=True``; candidate "dense", ρ = 0) and of every
     pruned candidate on every evaluation set. Rows: candidate, rho, data, perplexity."""
     rows = []
     if dense:
-        rows += [{"candidate": DENSE, "rho": 0.0, "data": name, "perplexity": perplexity(model, ids, batch_size=batch_size)}
-                 for name, ids in eval_sets.items()]
+        rows += [
+            {"candidate": DENSE, "rho": 0.0, "data": name, "perplexity": perplexity(model, ids, batch_size=batch_size)}
+            for name, ids in eval_sets.items()
+        ]
     for (name, rho), pruned in weights.items():
-        with swapped(model, pruned):
-            rows += [{"candidate": name, "rho": rho, "data": data, "perplexity": perplexity(model, ids, batch_size=batch_size)}
-                     for data, ids in eval_sets.items()]
+        rows += [
+            {
+                "candidate": name,
+                "rho": rho,
+                "data": data,
+                "perplexity": perplexity(model, ids, batch_size=batch_size, weights=pruned),
+            }
+            for data, ids in eval_sets.items()
+        ]
     return pd.DataFrame(rows, columns=["candidate", "rho", "data", "perplexity"])
 
 
-def error_table(model: nn.Module, weights: dict[tuple[str, float], QKWeights],
-                id_sets: dict[str, Tensor], *, batch_size: int = 8) -> pd.DataFrame:
+def error_table(
+    model: nn.Module, weights: dict[tuple[str, float], QKWeights], id_sets: dict[str, Tensor], *, batch_size: int = 8
+) -> pd.DataFrame:
     """The per-layer relative attention error of every candidate on every set of sequences, on
     the dense model's inputs. Rows: candidate, rho, split, layer, error."""
     keyed = {KEY.format(name=name, rho=rho): (name, rho) for name, rho in weights}
     frames = []
     for split, ids in id_sets.items():
         errors = layer_errors(model, ids, {key: weights[pair] for key, pair in keyed.items()}, batch_size=batch_size)
-        errors["candidate"], errors["rho"] = zip(*(keyed[key] for key in errors["candidate"]))
+        errors["candidate"], errors["rho"] = zip(*(keyed[key] for key in errors["candidate"]), strict=True)
         errors["split"] = split
         frames.append(errors)
     return pd.concat(frames, ignore_index=True)[["candidate", "rho", "split", "layer", "error"]]
@@ -129,18 +153,22 @@ def excess_perplexity(table: pd.DataFrame) -> pd.DataFrame:
 
 # -- the checkpoint -------------------------------------------------------------------------------
 def reload_check(model: nn.Module, weights: QKWeights, folder) -> tuple[nn.Module, float]:
-    """Write the model with ``weights`` in place with ``save_pretrained``, read it back with
-    ``from_pretrained``; return the reloaded model and the largest |difference| of its q/k weights
-    from ``weights``. The model keeps its own weights."""
+    """Write the model with ``weights`` in place of its q/k weights with ``save_pretrained`` (its
+    state dict with those entries replaced: the model itself is not changed), read it back with
+    ``from_pretrained``; return the reloaded model and the largest |difference| of its q/k
+    weights from ``weights``."""
+    state = {**model.state_dict(), **{name: w.detach() for name, w in qk_overrides(model, weights).items()}}
     shown = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # a chapter's output must repeat exactly
     try:
-        with swapped(model, weights):
-            model.save_pretrained(folder)
+        model.save_pretrained(folder, state_dict=state)
         reloaded = AutoModelForCausalLM.from_pretrained(folder, dtype=next(model.parameters()).dtype).eval()
     finally:
         if shown:
             hf_logging.enable_progress_bar()
-    difference = max(float((m.weight.detach() - w.to(m.weight.device)).abs().max())
-                     for layer, pair in weights.items() for m, w in zip(qk_modules(reloaded, layer), pair))
+    difference = max(
+        float((m.weight.detach() - w.to(m.weight.device)).abs().max())
+        for layer, pair in weights.items()
+        for m, w in zip(qk_modules(reloaded, layer), pair, strict=True)
+    )
     return reloaded, difference

@@ -1,5 +1,5 @@
 """The "fused" experiment on a real model: the paper's objective on real weights and inputs
-(spec §7, experiment 1; the analogue of the paper's Figure 3).
+(chapter 07; the analogue of the paper's Figure 3).
 
 For decoder layer ℓ and query head h, with KV head g(h) = h // (h_q/h_kv) under grouped-query
 attention and head dimension k, the fused weight is
@@ -11,7 +11,7 @@ with X the layer's attention input (after its input norm). Each head's Att(W_h) 
 (Definition 3.1). All heads of a layer form one batched :class:`~attnprune.core.objective.PruningProblem`
 (W: h × d × d, X: N × 1 × T × d, one mask per head, shared by the N sequences).
 
-Methods (spec §5), each giving pruned fused weights W̃_h:
+Methods, each giving pruned fused weights W̃_h:
 
 - ``ours``: Algorithm 1 (:func:`attnprune.core.solver.prune`, projected variant, Armijo steps),
   outputs ``mask-only`` B∘W and ``reweighted`` B∘M∘W, at round(ρ·d²) zeros per head;
@@ -39,13 +39,13 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from ..core.attention import attention_matrix
-from ..llm.capture import capture_attention_inputs
-from ..core.masks import hard_mask, sparsity_of
-from ..llm.models import AttentionShape, attention_shape, qk_modules
-from ..core.objective import PruningProblem
 from ..core.baselines import APPLICATIONS, BASELINES, LINEAR, prune_attention
-from ..core.solver import OUTPUTS, PruneResult, Trace, prune, score_of, step_size as schedule_step, target_sparsity
 from ..core.checks import check_positive_int, check_sparsity
+from ..core.masks import sparsity_of
+from ..core.objective import PruningProblem
+from ..core.solver import OUTPUTS, Adam, PruneResult, prune, prune_with
+from ..llm.capture import capture_attention_inputs
+from ..llm.models import AttentionShape, attention_shape, qk_modules
 
 SPLITS = ("calibration", "held-out")
 COLUMNS = ["layer", "head", "rho", "method", "variant", "split", "sq_error", "norm", "sparsity", "seconds"]
@@ -59,8 +59,9 @@ def fused_weights(Wq: Tensor, Wk: Tensor, shape: AttentionShape) -> Tensor:
     return q.transpose(-1, -2) @ k / math.sqrt(shape.head_dim)
 
 
-def head_errors(X: Tensor, W_pruned: Tensor, W: Tensor, *, batch_size: int = 8,
-                reference: list[Tensor] | None = None) -> tuple[Tensor, Tensor]:
+def head_errors(
+    X: Tensor, W_pruned: Tensor, W: Tensor, *, batch_size: int = 8, reference: list[Tensor] | None = None
+) -> tuple[Tensor, Tensor]:
     """Per head h: ‖Att(W̃_h) − Att(W_h)‖²_F and ‖Att(W_h)‖²_F summed over the sequences of X
     (N × T × d), causal, computed ``batch_size`` sequences at a time. Two tensors of shape (h,).
     ``reference`` may hold the dense Att(W) of each chunk (:func:`dense_attention`), to reuse it."""
@@ -83,34 +84,32 @@ def dense_attention(X: Tensor, W: Tensor, *, batch_size: int = 8) -> list[Tensor
         return [attention_matrix(chunk.unsqueeze(1), W, causal=True) for chunk in X.split(batch_size)]
 
 
-def baseline_fused_weights(method: str, application: str, Wq: Tensor, Wk: Tensor, X: Tensor,
-                           shape: AttentionShape, sparsity: float) -> tuple[Tensor, float]:
+def baseline_fused_weights(
+    method: str, application: str, Wq: Tensor, Wk: Tensor, X: Tensor, shape: AttentionShape, sparsity: float
+) -> tuple[Tensor, float]:
     """A linear baseline's pruned fused weights (h, d, d) and the fraction of zeros in what it
     pruned (the two factors, or the fused weights): :func:`~attnprune.core.baselines.prune_attention`."""
     return prune_attention(method, application, Wq, Wk, X, sparsity, lambda q, k: fused_weights(q, k, shape))
 
 
-def adam_prune(problem: PruningProblem, sparsity: float, *, steps: int = 60, lr: float = 0.01,
-               ramp: float = 0.5, score: str = "magnitude", group: str = "matrix",
-               schedule: str = "final-decay") -> PruneResult:
+def adam_prune(
+    problem: PruningProblem,
+    sparsity: float,
+    *,
+    steps: int = 60,
+    lr: float = 0.01,
+    ramp: float = 0.5,
+    score: str = "magnitude",
+    group: str = "matrix",
+    schedule: str = "final-decay",
+) -> PruneResult:
     """Projected descent on L(M) with Adam steps: M ← Adam(M, ∇L(M)) with the closed-form gradient
-    of spec §2, then the hard mask at ρ_t (:func:`~attnprune.core.solver.target_sparsity`), as
-    :func:`~attnprune.core.solver.prune`'s projected variant but with a per-entry step size."""
-    rho = check_sparsity("sparsity", sparsity)
-    check_positive_int("steps", steps)
-    M = torch.ones_like(problem.W)
-    optimizer = torch.optim.Adam([M], lr=lr)
-    trace = Trace()
-    for t in range(steps):
-        optimizer.param_groups[0]["lr"] = schedule_step(lr, t, steps, schedule)
-        loss, grad = problem.loss_and_gradient(M)
-        M.grad = grad
-        optimizer.step()
-        with torch.no_grad():
-            M.mul_(hard_mask(score_of(M, problem.W, score), target_sparsity(t, steps, rho, ramp), group))
-        trace.record(float(loss), float(grad.norm()), optimizer.param_groups[0]["lr"], sparsity_of(M))
-    mask = hard_mask(score_of(M, problem.W, score), rho, group)
-    return PruneResult(problem, mask, M, rho, trace, float(problem.loss(M)))
+    of chapter 02, then the hard mask at ρ_t (:func:`~attnprune.core.solver.target_sparsity`): the
+    loop of :func:`~attnprune.core.solver.prune`'s projected variant (Algorithm 1) with the step
+    rule :class:`~attnprune.core.solver.Adam` (per-entry steps, lr scheduled by ``schedule``)."""
+    return prune_with(
+        problem, sparsity, Adam(lr, schedule), variant="projected", steps=steps, score=score, group=group, ramp=ramp
+    )
 
 
 def fused_layer(
@@ -137,23 +136,34 @@ def fused_layer(
     W = fused_weights(Wq, Wk, shape)
     problem = PruningProblem(X.unsqueeze(1), W, lam, causal=True)
     rows: list[dict] = []
-    inputs = dict(zip(SPLITS, (X, X_heldout)))
+    inputs = dict(zip(SPLITS, (X, X_heldout), strict=True))
     references = {split: dense_attention(x, W, batch_size=batch_size) for split, x in inputs.items()}
 
     def add(rho: float, method: str, variant: str, W_pruned: Tensor, zeros: float, seconds: float) -> None:
         for split in SPLITS:
             error, norm = head_errors(inputs[split], W_pruned, W, batch_size=batch_size, reference=references[split])
             rows.extend(
-                {"layer": layer, "head": h, "rho": rho, "method": method, "variant": variant, "split": split,
-                 "sq_error": float(error[h]), "norm": float(norm[h]), "sparsity": zeros, "seconds": seconds}
+                {
+                    "layer": layer,
+                    "head": h,
+                    "rho": rho,
+                    "method": method,
+                    "variant": variant,
+                    "split": split,
+                    "sq_error": float(error[h]),
+                    "norm": float(norm[h]),
+                    "sparsity": zeros,
+                    "seconds": seconds,
+                }
                 for h in range(W.shape[0])
             )
 
     for rho in sparsities:
         rho = check_sparsity("sparsities", rho)
         start = time.perf_counter()
-        result = prune(problem, rho, variant="projected", steps=steps, step_size=step_size,
-                       score=score, group=group, ramp=ramp)
+        result = prune(
+            problem, rho, variant="projected", steps=steps, step_size=step_size, score=score, group=group, ramp=ramp
+        )
         seconds = time.perf_counter() - start
         for output in OUTPUTS:
             add(rho, "ours", output, result.pruned_weight(output), sparsity_of(result.mask), seconds)
@@ -191,8 +201,17 @@ def fused_experiment(
     rows: list[dict] = []
     for layer in tqdm(sorted(inputs), desc="fused", unit="layer", disable=not progress):
         q, k = qk_modules(model, layer)
-        rows += fused_layer(layer, inputs[layer], heldout[layer], q.weight.detach(), k.weight.detach(),
-                            shape, sparsities, batch_size=batch_size, **solver_options)
+        rows += fused_layer(
+            layer,
+            inputs[layer],
+            heldout[layer],
+            q.weight.detach(),
+            k.weight.detach(),
+            shape,
+            sparsities,
+            batch_size=batch_size,
+            **solver_options,
+        )
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
@@ -202,7 +221,7 @@ def per_layer(table: pd.DataFrame) -> pd.DataFrame:
     keys = ["layer", "rho", "method", "variant", "split"]
     pooled = table.groupby(keys, sort=True)[["sq_error", "norm"]].sum().reset_index()
     pooled["error"] = pooled["sq_error"] / pooled["norm"]
-    pooled["label"] = [label(m, v) for m, v in zip(pooled["method"], pooled["variant"])]
+    pooled["label"] = [label(m, v) for m, v in zip(pooled["method"], pooled["variant"], strict=True)]
     return pooled[[*keys, "label", "error"]]
 
 
@@ -210,5 +229,5 @@ LABELS = {"ours": "ours", "ours-adam": "ours, Adam", **{name: b.label for name, 
 
 
 def label(method: str, variant: str) -> str:
-    """"ours (mask-only)", "ours, Adam (reweighted)", "Wanda (factors)", ..."""
+    """ "ours (mask-only)", "ours, Adam (reweighted)", "Wanda (factors)", ..."""
     return f"{LABELS[method]} ({variant})"

@@ -9,6 +9,7 @@ ratios at path points, random points and along rays; the time of one step. The c
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Sequence
@@ -19,10 +20,10 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from ..core.checks import check_positive, check_positive_int, check_same_shape
 from ..core.objective import PruningProblem
 from ..core.solver import Trace, prune
 from ..core.theory import SOFTMAX_CURVATURE, linear_map_norm_sq, lipschitz_bound, pl_constant, pl_ratios
-from ..core.checks import check_positive, check_positive_int, check_same_shape
 
 
 # -- instances ---------------------------------------------------------------------------------
@@ -96,8 +97,8 @@ def random_pair_ratios(
     seconds = random_masks(problem.W.shape, pairs, 1.0 if distance else scale, seed + 1)
     if distance is not None:
         check_positive("distance", distance)
-        seconds = [M + distance * Z / Z.norm() for M, Z in zip(firsts, seconds)]
-    return [gradient_ratio(problem, M1, M2) for M1, M2 in zip(firsts, seconds)]
+        seconds = [M + distance * Z / Z.norm() for M, Z in zip(firsts, seconds, strict=True)]
+    return [gradient_ratio(problem, M1, M2) for M1, M2 in zip(firsts, seconds, strict=True)]
 
 
 def descent_path(
@@ -117,9 +118,7 @@ def descent_path(
 
 def path_ratios(problem: PruningProblem, path: Sequence[Tensor]) -> list[float]:
     """Difference quotients of consecutive iterates of a descent path (equal neighbours skipped)."""
-    return [
-        gradient_ratio(problem, a, b) for a, b in zip(path[:-1], path[1:]) if not torch.equal(a, b)
-    ]
+    return [gradient_ratio(problem, a, b) for a, b in itertools.pairwise(path) if not torch.equal(a, b)]
 
 
 # -- Lipschitz: the Hessian -----------------------------------------------------------------------
@@ -194,9 +193,7 @@ def row_hessian(s: Tensor, f0: Tensor) -> Tensor:
     return J @ J + curvature
 
 
-def max_row_hessian_norm(
-    ks: Sequence[int], scales: Sequence[float], samples: int = 20000, seed: int = 0
-) -> float:
+def max_row_hessian_norm(ks: Sequence[int], scales: Sequence[float], samples: int = 20000, seed: int = 0) -> float:
     """The largest row-Hessian norm found over random logits s = c·Z and targets (random
     softmax rows and one-hot rows), for every row length k and scale c: a lower bound on the
     best constant of the row lemma (the proof gives 5/4)."""
@@ -331,9 +328,11 @@ def pl_measurements(
     xi = runs.xi
     scale = max(max(t.loss[0] for t in runs.traces) - xi, 1e-300)
     mu_path = min(pl_constant(t.loss, t.grad_norm, xi, gap_floor * scale) for t in runs.traces)
-    points = [M for k, s in enumerate(point_scales) for M in random_masks(problem.W.shape, per_scale, s, seed + 100 + k)]
+    points = [
+        M for k, s in enumerate(point_scales) for M in random_masks(problem.W.shape, per_scale, s, seed + 100 + k)
+    ]
     mu_random = pl_constant(*loss_and_grad_norms(problem, points), xi)
-    directions = [torch.ones_like(problem.W)] + random_masks(problem.W.shape, rays, 1.0, seed + 200)
+    directions = [torch.ones_like(problem.W), *random_masks(problem.W.shape, rays, 1.0, seed + 200)]
     along = np.array([ray_ratios(problem, R, ray_ts, xi) for R in directions])
     worst = int(np.argmax(runs.finals))
     return {
@@ -346,8 +345,6 @@ def pl_measurements(
         "ray_far": float(np.nanmin(along[:, -1])) if np.isfinite(along[:, -1]).any() else math.inf,
         "mu": min(mu_path, mu_random, float(np.nanmin(along)) if np.isfinite(along).any() else math.inf),
     }
-
-
 
 
 # -- cost of a step ------------------------------------------------------------------------------
@@ -372,6 +369,5 @@ def step_timings(ns: Sequence[int], ds: Sequence[int], repeats: int = 5, seed: i
     for n in ns:
         for d in ds:
             problem = gaussian_problem(n, d, lam=0.1, seed=seed)
-            rows.append({"n": n, "d": d, "work": n * n * d + n * d * d,
-                         "seconds": time_per_step(problem, repeats)})
+            rows.append({"n": n, "d": d, "work": n * n * d + n * d * d, "seconds": time_per_step(problem, repeats)})
     return pd.DataFrame(rows)

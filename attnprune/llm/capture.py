@@ -5,10 +5,11 @@ residual stream, (N, T, d) for N sequences of T tokens. Two ways to get it:
 
 - **dense** (:func:`capture_attention_inputs`): one forward pass of the model as it is, with
   forward hooks on the input norms. Every layer's X comes from the unpruned layers below it.
-- **sequential** (:func:`sequential_attention_inputs`, built on :func:`layer_inputs` and
-  :func:`run_layer`): the SparseGPT/Wanda recipe. The hidden states entering layer 0 are
-  captured once; then, layer by layer, X_ℓ is computed from the layers below *as pruned so far*,
-  the caller prunes layer ℓ, and the pruned layer ℓ is run to give the input of layer ℓ + 1.
+- **sequential** (:func:`layer_inputs`, :func:`attention_input` and :func:`run_layer`): the
+  SparseGPT/Wanda recipe. The hidden states entering layer 0 are captured once; then, layer by
+  layer, X_ℓ is computed from the layers below *as pruned so far*, the caller prunes layer ℓ, and
+  layer ℓ is run with its pruned weights passed in (``overrides``, nothing written into the
+  model) to give the input of layer ℓ + 1. :func:`attnprune.llm.prune.prune_model` is that loop.
 
 **[choice]** The sequential form is the default for pruning a whole model (the deployable
 experiment): each layer is fitted to the inputs it will see once the layers below are pruned,
@@ -18,10 +19,11 @@ form is for studying one layer at a time on the same X for every method (the fus
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
 
 import torch
 from torch import Tensor, nn
+from torch.func import functional_call
 
 from .batches import batches, check_input_ids, model_device
 from .models import decoder_layers
@@ -36,8 +38,10 @@ def check_layers(model: nn.Module, layers: list[int] | None) -> list[int]:
     count = len(decoder_layers(model))
     if layers is None:
         return list(range(count))
-    if isinstance(layers, int) or not all(isinstance(i, int) and 0 <= i < count for i in layers):
-        raise ValueError(f"layers must be a list of layer indices in [0, {count}), got {layers!r}")
+    if isinstance(layers, (int, str)) or not all(
+        isinstance(i, int) and not isinstance(i, bool) and 0 <= i < count for i in layers
+    ):  # a bool is an int in Python: [True] would silently mean layer 1
+        raise ValueError(f"layers must be a list of integer layer indices in [0, {count}), got {layers!r}")
     if not layers:
         raise ValueError("layers must name at least one layer (or be None for all)")
     return sorted(set(layers))
@@ -53,7 +57,7 @@ def capture_attention_inputs(
     forward hooks during forward passes of ``model`` as it is (dense, or pruned so far), in
     batches of ``batch_size`` sequences. The pass stops after the last requested layer.
     """
-    input_ids = check_input_ids(input_ids)
+    input_ids = check_input_ids(input_ids, model)
     layers = check_layers(model, layers)
     blocks = decoder_layers(model)
     captured: dict[int, list[Tensor]] = {i: [] for i in layers}
@@ -69,10 +73,8 @@ def capture_attention_inputs(
     handles = [blocks[i].input_layernorm.register_forward_hook(hook(i)) for i in layers]
     try:
         for rows in batches(input_ids.shape[0], batch_size):
-            try:
+            with contextlib.suppress(_Stop):
                 model(input_ids[rows].to(model_device(model)), use_cache=False)
-            except _Stop:
-                pass
     finally:
         for handle in handles:
             handle.remove()
@@ -90,7 +92,7 @@ def layer_inputs(model: nn.Module, input_ids: Tensor, *, batch_size: int = 1) ->
     the full forward pass uses. They depend only on T: they are taken from a batch of one
     sequence, so they broadcast over any batch size.
     """
-    input_ids = check_input_ids(input_ids)
+    input_ids = check_input_ids(input_ids, model)
     hidden = [_enter_first_layer(model, input_ids[rows])[0] for rows in batches(len(input_ids), batch_size)]
     return torch.cat(hidden), _enter_first_layer(model, input_ids[:1])[1]
 
@@ -118,14 +120,25 @@ def _enter_first_layer(model: nn.Module, input_ids: Tensor) -> tuple[Tensor, dic
 
 @torch.no_grad()
 def run_layer(
-    model: nn.Module, layer_idx: int, hidden: Tensor, layer_kwargs: dict, *, batch_size: int = 1
+    model: nn.Module,
+    layer_idx: int,
+    hidden: Tensor,
+    layer_kwargs: dict,
+    *,
+    batch_size: int = 1,
+    overrides: dict[str, Tensor] | None = None,
 ) -> Tensor:
-    """The output of decoder layer ``layer_idx`` (as it is now) on ``hidden`` (N, T, d), in
-    batches; ``layer_kwargs`` come from :func:`layer_inputs`."""
+    """The output of decoder layer ``layer_idx`` on ``hidden`` (N, T, d), in batches;
+    ``layer_kwargs`` come from :func:`layer_inputs`. ``overrides`` (parameter name within the
+    layer, e.g. ``"self_attn.q_proj.weight"`` → tensor) replace the layer's own parameters for
+    this call only (:func:`torch.func.functional_call`): the model is not changed."""
     layer = _layer(model, layer_idx)
     outputs = []
     for rows in batches(hidden.shape[0], batch_size):
-        out = layer(hidden[rows], **layer_kwargs)
+        if overrides:
+            out = functional_call(layer, overrides, (hidden[rows],), layer_kwargs)
+        else:
+            out = layer(hidden[rows], **layer_kwargs)
         outputs.append(out[0] if isinstance(out, tuple) else out)
     return torch.cat(outputs)
 
@@ -134,18 +147,6 @@ def run_layer(
 def attention_input(model: nn.Module, layer_idx: int, hidden: Tensor) -> Tensor:
     """X_ℓ from the hidden states entering layer ℓ: its input norm applied to them, (N, T, d)."""
     return _layer(model, layer_idx).input_layernorm(hidden)
-
-
-def sequential_attention_inputs(
-    model: nn.Module, input_ids: Tensor, *, batch_size: int = 1
-) -> Iterator[tuple[int, Tensor]]:
-    """Yield (ℓ, X_ℓ) for ℓ = 0, 1, …, with X_ℓ computed from layers 0..ℓ−1 as they are when
-    the caller asks for the next one: prune layer ℓ between two steps and layer ℓ + 1 sees the
-    pruned layer's output (the SparseGPT/Wanda sequential recipe)."""
-    hidden, kwargs = layer_inputs(model, input_ids, batch_size=batch_size)
-    for index in range(len(decoder_layers(model))):
-        yield index, attention_input(model, index, hidden)
-        hidden = run_layer(model, index, hidden, kwargs, batch_size=batch_size)
 
 
 def _layer(model: nn.Module, layer_idx: int) -> nn.Module:

@@ -27,9 +27,9 @@ Token sequences follow the Wanda/SparseGPT recipe: the documents are tokenised a
 held-out samples) and :func:`evaluation_sequences` cuts consecutive non-overlapping windows (the
 standard perplexity protocol). **[choice]** One recipe for every source: Wanda's C4 loader
 instead takes each window inside one random document longer than T, which short articles (Lee)
-cannot satisfy; here a window may cross a document boundary. **[choice]** When the tokenizer adds a BOS token to a document
-(Llama 3 does, SmolLM2 does not), every window starts with BOS followed by T − 1 text tokens, so
-each sequence looks to the model like the start of a document, as in use.
+cannot satisfy; here a window may cross a document boundary. **[choice]** When the tokenizer adds a
+BOS token to a document (Llama 3 does, SmolLM2 does not), every window starts with BOS followed by
+T − 1 text tokens, so each sequence looks to the model like the start of a document, as in use.
 """
 
 from __future__ import annotations
@@ -45,8 +45,8 @@ from pathlib import Path
 
 import torch
 
-from . import assets
 from ..core.checks import check_positive_int
+from . import assets
 
 DATASETS = ("c4", "wikitext2", "austen", "lee")
 SPLITS = ("calibration", "evaluation", "heldout")
@@ -105,9 +105,9 @@ def load_texts(name: str, split: str) -> list[str]:
         return list(loader(role))
     path = Path(name).expanduser()
     if path.suffix == ".txt" or path.exists() or os.sep in name:
-        if split not in SPLITS + ("train", "validation", "test", "all"):
+        if split not in (*SPLITS, "train", "validation", "test", "all"):
             raise ValueError(
-                f"split must be one of {SPLITS + ('train', 'validation', 'test', 'all')} "
+                f"split must be one of {(*SPLITS, 'train', 'validation', 'test', 'all')} "
                 f"for a text file (the file is the whole split), got {split!r}"
             )
         return [_read_text_file(path)]
@@ -127,11 +127,20 @@ def _role(name: str, split: str) -> str:
 
 
 def _read_text_file(path: Path) -> str:
+    if path.is_dir():
+        raise ValueError(f"{str(path)!r} is a folder, not a text file; pass a .txt file")
     if not path.is_file():
-        raise FileNotFoundError(f"name: no such text file {str(path)!r}; pass an existing .txt path")
-    text = path.read_text(encoding="utf-8")
+        raise FileNotFoundError(f"no such text file {str(path)!r}; pass an existing .txt path")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        byte = error.object[error.start : error.start + 1]
+        raise ValueError(
+            f"the file {str(path)!r} is not UTF-8 text (byte {error.start} is {byte!r}); "
+            "pass a plain .txt file saved as UTF-8"
+        ) from None
     if not text.strip():
-        raise ValueError(f"name: the text file {str(path)!r} is empty")
+        raise ValueError(f"the text file {str(path)!r} is empty (or only white space); pass a file with text")
     return text
 
 
@@ -290,9 +299,7 @@ def _with_bos(windows: torch.Tensor, bos: int | None) -> torch.Tensor:
     return torch.cat([torch.full((windows.shape[0], 1), bos, dtype=torch.long), windows], dim=1)
 
 
-def token_sequences(
-    tokenizer, texts: list[str], n_sequences: int, seq_len: int, *, seed: int = 0
-) -> torch.LongTensor:
+def token_sequences(tokenizer, texts: list[str], n_sequences: int, seq_len: int, *, seed: int = 0) -> torch.LongTensor:
     """N random windows of T tokens of the concatenated text: (n_sequences, seq_len).
 
     The Wanda/SparseGPT calibration recipe (random windows of the tokenised text; windows may

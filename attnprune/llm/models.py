@@ -27,6 +27,7 @@ import transformers
 from torch import nn
 
 from . import assets
+
 OFFLINE_MODEL = "smollm2-135m"
 PAPER_MODEL = "meta-llama/Llama-3.2-1B"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -98,13 +99,22 @@ def load_model(
 
     ``name_or_path`` is :data:`OFFLINE_MODEL`, a local ``save_pretrained`` folder, or a hub id.
     """
-    if not isinstance(name_or_path, (str, os.PathLike)):
-        raise ValueError(f"name_or_path must be a string: {_ACCEPTED}; got {name_or_path!r}")
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise ValueError(f"dtype must be a floating torch.dtype such as torch.float32, got {dtype!r}")
+    kind, where = resolve_model(name_or_path)
+    if kind == "folder":
+        return _load_folder(where, dtype, device)
+    return _load_hub(where, dtype, device)
+
+
+def resolve_model(name_or_path: str) -> tuple[str, Path | str]:
+    """Where a model name points: ``("folder", path)`` (the offline alias, prepared if needed, or
+    a ``save_pretrained`` folder with a config.json) or ``("hub", id)``; checks the name only."""
+    if not isinstance(name_or_path, (str, os.PathLike)) or not os.fspath(name_or_path):
+        raise ValueError(f"name_or_path must be a non-empty string: {_ACCEPTED}; got {name_or_path!r}")
     name = os.fspath(name_or_path)
     if name == OFFLINE_MODEL:
-        return _load_folder(assets.prepare_offline_model(), dtype, device)
+        return "folder", assets.prepare_offline_model()
     path = Path(name).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
@@ -112,25 +122,63 @@ def load_model(
                 f"name_or_path {name!r} exists but is not a model folder (no config.json); "
                 "pass a folder written by save_pretrained"
             )
-        return _load_folder(path, dtype, device)
+        return "folder", path
     if _looks_like_path(name):
-        raise FileNotFoundError(
-            f"name_or_path {name!r}: no such local model folder; pass {_ACCEPTED}"
-        )
+        raise FileNotFoundError(f"name_or_path {name!r}: no such local model folder; pass {_ACCEPTED}")
     if not _HUB_ID.match(name):
         raise ValueError(f"unknown model {name!r}; pass {_ACCEPTED}")
-    return _load_hub(name, dtype, device)
+    return "hub", name
+
+
+def model_config(name_or_path: str) -> transformers.PretrainedConfig:
+    """The config of a model (its shapes, depth and context length) without loading its weights."""
+    kind, where = resolve_model(name_or_path)
+    try:
+        with assets.quiet_loading():
+            return transformers.AutoConfig.from_pretrained(where)
+    except OSError as error:
+        if kind == "folder":
+            raise ValueError(f"name_or_path {str(where)!r}: cannot read its config.json ({error})") from error
+        raise _hub_error(where, error) from error
+    except ValueError as error:  # a config.json that is not JSON, or of an unknown model type
+        raise ValueError(f"name_or_path {str(where)!r}: its config.json cannot be read: {error}") from error
 
 
 def _looks_like_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json")
+"""Any of these in a model folder means it holds a tokenizer (``tokenizer.save_pretrained``)."""
+
+
 def _load_folder(path: Path, dtype: torch.dtype, device: str):
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise ValueError(
+            f"the model folder {str(path)!r} has no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}); "
+            "add them with `tokenizer.save_pretrained(folder)`, using the tokenizer of the model it was made from"
+        )
     with assets.quiet_loading():
         tokenizer = transformers.AutoTokenizer.from_pretrained(path)
-        model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        try:
+            model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        except Exception as error:  # safetensors' SafetensorError (a truncated file) is no OSError
+            if isinstance(error, (MemoryError, RuntimeError)) and "out of memory" in str(error).lower():
+                raise
+            first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise ValueError(
+                f"cannot load the weights of the model folder {str(path)!r} ({type(error).__name__}: {first}); "
+                "is a file truncated or corrupt? Write the folder again with save_pretrained"
+            ) from error
     return model.to(device).eval(), tokenizer
+
+
+def _hub_error(hub_id: str, error: OSError) -> assets.HubUnavailableError:
+    return assets.HubUnavailableError(
+        f"cannot load the model {hub_id!r} from the Hugging Face hub "
+        f"({assets.offline_reason(error)}); no local folder of that name exists either. "
+        f"{assets.OFFLINE_HINT}"
+    )
 
 
 def _load_hub(hub_id: str, dtype: torch.dtype, device: str):
@@ -139,9 +187,5 @@ def _load_hub(hub_id: str, dtype: torch.dtype, device: str):
             tokenizer = transformers.AutoTokenizer.from_pretrained(hub_id)
             model = transformers.AutoModelForCausalLM.from_pretrained(hub_id, dtype=dtype)
     except OSError as error:  # no network, offline mode, gated or unknown repository
-        raise assets.HubUnavailableError(
-            f"cannot load the model {hub_id!r} from the Hugging Face hub "
-            f"({assets.offline_reason(error)}); no local folder of that name exists either. "
-            f"{assets.OFFLINE_HINT}"
-        ) from error
+        raise _hub_error(hub_id, error) from error
     return model.to(device).eval(), tokenizer

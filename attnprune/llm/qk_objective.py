@@ -1,5 +1,5 @@
 """Deployable pruning: masks on one layer's ``q_proj``/``k_proj`` weights, fitted to its true
-attention probabilities (spec §7, experiment 2).
+attention probabilities (chapter 08).
 
 For a decoder layer with attention input X (N × T × d, after the input norm), weights
 W_q (h·k × d) and W_k (g·k × d) in ``nn.Linear`` layout, real masks M_q, M_k of their shapes:
@@ -14,29 +14,29 @@ relative error (the number the book reports), and both penalties are means over 
 entries, so one setting of λ, μ, the step size means the same at every layer, N and T. μ is
 the "regularise toward the dense weights" remedy (0 by default).
 
-The descent reuses the machinery of :mod:`attnprune.core.solver`: the projected variant (iterative
-hard thresholding) with the target sparsity ρ_t of :func:`~attnprune.core.solver.target_sparsity`,
+The descent is the one loop of :mod:`attnprune.core.solver` (:func:`~attnprune.core.solver.descend`):
+the projected variant (iterative hard thresholding, :class:`~attnprune.core.solver.HardThreshold`)
+with the target sparsity ρ_t of :func:`~attnprune.core.solver.target_sparsity`,
 the scores of :func:`~attnprune.core.solver.score_of` (|M∘W| or M) and :func:`~attnprune.core.masks.hard_mask`
 with an exact count of zeros per row (``group="row"``, as the baselines) or per matrix. The
 gradient comes from autograd; **[choice]** the step is Adam's (one forward and backward per step,
 per-entry scale-free), since an Armijo search needs extra forward passes that the time budget of
-a 30-layer model does not allow. The outputs (spec §3): ``"reweighted"`` B∘M∘W and
+a 30-layer model does not allow. The outputs (Algorithm 1's two readings, chapter 05): ``"reweighted"`` B∘M∘W and
 ``"mask-only"`` B∘W; for the mask-only output ``selection="straight-through"`` fits the hard mask
 itself (forward with B_t∘W, gradient passed to M), a better selection than ranking a reweighted M.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
 from ..core.attention import row_softmax
-from ..core.masks import GROUPS, hard_mask
-from .models import AttentionShape
-from ..core.solver import OUTPUTS, SCHEDULES, SCORES, score_of, step_size, target_sparsity
 from ..core.checks import (
     check_choice,
     check_nonnegative,
@@ -46,6 +46,19 @@ from ..core.checks import (
     check_sparsity,
     check_tensor,
 )
+from ..core.masks import GROUPS
+from ..core.solver import (
+    OUTPUTS,
+    SCHEDULES,
+    SCORES,
+    Adam,
+    HardThreshold,
+    check_ramp,
+    descend,
+    zero_fraction,
+)
+from ..core.trace import Trace
+from .models import AttentionShape
 
 SELECTIONS = ("projected", "straight-through")
 CACHE_ELEMENTS = 1 << 26
@@ -62,8 +75,14 @@ def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 def queries_keys(
-    X: Tensor, Wq: Tensor, Wk: Tensor, cos: Tensor, sin: Tensor, shape: AttentionShape,
-    bq: Tensor | None = None, bk: Tensor | None = None,
+    X: Tensor,
+    Wq: Tensor,
+    Wk: Tensor,
+    cos: Tensor,
+    sin: Tensor,
+    shape: AttentionShape,
+    bq: Tensor | None = None,
+    bk: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Rotated queries (N, h, T, k) and keys (N, g, T, k) of the layer for weights W_q, W_k."""
     N, T, _ = X.shape
@@ -83,8 +102,14 @@ def probabilities_from(q: Tensor, k: Tensor, shape: AttentionShape) -> Tensor:
 
 
 def attention_probabilities(
-    X: Tensor, Wq: Tensor, Wk: Tensor, cos: Tensor, sin: Tensor, shape: AttentionShape,
-    bq: Tensor | None = None, bk: Tensor | None = None,
+    X: Tensor,
+    Wq: Tensor,
+    Wk: Tensor,
+    cos: Tensor,
+    sin: Tensor,
+    shape: AttentionShape,
+    bq: Tensor | None = None,
+    bk: Tensor | None = None,
 ) -> Tensor:
     """The layer's true attention probabilities P (N, h, T, T): rotary embedding, grouped-query
     attention, causal mask, 1/√k. Matches the eager attention of ``transformers``."""
@@ -194,19 +219,10 @@ class LayerProblem:
 
 
 @dataclass
-class QKTrace:
-    """Per step t: the objective L(M_t) on the step's sequences and the zeros in M after the
-    step; and (step, relative error) at each check on the validation sequences."""
-
-    loss: list[float] = field(default_factory=list)
-    sparsity: list[float] = field(default_factory=list)
-    validation: list[tuple[int, float]] = field(default_factory=list)
-
-
-@dataclass
 class QKFit:
     """The outcome of :func:`fit_qk`: hard masks B (0/1, exact sparsity), learned real masks M,
-    the pruned weights to deploy, the trace, and the step whose masks were kept."""
+    the pruned weights to deploy, the trace (with the validation checks), and the step whose
+    masks were kept."""
 
     mask_q: Tensor
     mask_k: Tensor
@@ -214,7 +230,7 @@ class QKFit:
     Mk: Tensor
     weight_q: Tensor
     weight_k: Tensor
-    trace: QKTrace
+    trace: Trace
     step: int
 
 
@@ -239,12 +255,13 @@ def fit_qk(
     """Projected descent on (M_q, M_k) for the layer objective; hard masks at exact sparsity ρ.
 
     ``steps`` Adam steps of size ``lr`` (``schedule``: "final-decay" decays it linearly to 0 over
-    the last quarter of the steps, see :func:`step_size`) from M = 1 (the dense layer); the target sparsity rises
-    from 0 to ρ over the first ``ramp`` fraction of the steps (:func:`~attnprune.core.solver.target_sparsity`);
-    ``score`` ("magnitude" |M∘W| or "mask" M) and ``group`` ("row" or "matrix") choose the hard
-    mask; ``output``: "reweighted" (B∘M∘W) or "mask-only" (B∘W); ``selection``: "projected"
-    (project M after every step) or "straight-through" (mask-only: the forward pass uses the hard
-    mask B_t∘W and the gradient updates M, which only ranks the weights).
+    the last quarter of the steps, see :func:`~attnprune.core.solver.step_size`) from M = 1 (the
+    dense layer); the target sparsity rises from 0 to ρ over the first ``ramp`` fraction of the
+    steps (:func:`~attnprune.core.solver.target_sparsity`); ``score`` ("magnitude" |M∘W| or "mask"
+    M) and ``group`` ("row" or "matrix") choose the hard mask; ``output``: "reweighted" (B∘M∘W)
+    or "mask-only" (B∘W); ``selection``: "projected" (project M after every step) or
+    "straight-through" (mask-only: the forward pass uses the hard mask B_t∘W and the gradient
+    updates M, which only ranks the weights).
 
     Remedies: ``support`` = (result_q, result_k), two :class:`~attnprune.core.baselines.LinearPruneResult`
     of a linear method, keeps their masks and weights and refits only the kept weights
@@ -252,12 +269,54 @@ def fit_qk(
     steps, so more calibration sequences cost no more per step); ``validation`` (a LayerProblem
     on held-out calibration sequences) is checked every ``check_every`` steps once ρ_t = ρ, and
     the masks with the lowest validation error are returned (early stopping).
+
+    The loop is :func:`~attnprune.core.solver.descend` with the :class:`~attnprune.core.solver.Adam`
+    rule and the :class:`~attnprune.core.solver.HardThreshold` projection (iterative hard
+    thresholding); the gradient of the objective (Definition 3.2 for the real layer) is autograd's.
     """
+    rho = _check_fit(
+        sparsity, steps, lr, ramp, score, group, output, selection, support, chunks_per_step, check_every, schedule
+    )
+    bases, fixed = _base(problem, support)
+    params = [torch.ones_like(W, requires_grad=True) for W in bases]  # M_q (h·k × d), M_k (g·k × d)
+    threshold = HardThreshold(bases, rho, steps, ramp=ramp, score=score, group=group, support=fixed)
+    order = _chunk_order(problem.n_chunks, steps, chunks_per_step, seed)
+    straight_through = threshold if selection == "straight-through" else None
+    objective = _LayerObjective(problem, bases, order, straight_through)
+    deploy = functools.partial(_deploy, threshold, params, bases, rho, output)
+    keeper = _EarlyStopping(deploy, validation, steps, max(1, round(ramp * steps)), check_every)
+    trace = descend(
+        params,
+        objective,
+        Adam(lr, schedule),
+        steps,
+        project=threshold if selection == "projected" else None,
+        sparsity=lambda _: zero_fraction(threshold.last),
+        after_step=keeper,
+    )
+    best = keeper.result()
+    return QKFit(*best.masks, *best.M, *best.weights, trace, best.step)
+
+
+def _check_fit(
+    sparsity: float,
+    steps: int,
+    lr: float,
+    ramp: float,
+    score: str,
+    group: str,
+    output: str,
+    selection: str,
+    support: tuple | None,
+    chunks_per_step: int | None,
+    check_every: int,
+    schedule: str,
+) -> float:
+    """The arguments of :func:`fit_qk`, each checked by name; returns ρ."""
     rho = check_sparsity("sparsity", sparsity)
     check_positive_int("steps", steps)
     check_positive("lr", lr)
-    if not 0.0 < ramp <= 1.0:
-        raise ValueError(f"ramp must lie in (0, 1], got {ramp}")
+    check_ramp(ramp)
     check_choice("score", score, SCORES)
     check_choice("group", group, GROUPS)
     check_choice("output", output, OUTPUTS)
@@ -270,76 +329,104 @@ def fit_qk(
         raise ValueError('support refits the kept weights: use it with output="reweighted"')
     if chunks_per_step is not None:
         check_positive_int("chunks_per_step", chunks_per_step)
-    base_q, base_k, fixed = _base(problem, support)
-    Mq = torch.ones_like(base_q, requires_grad=True)
-    Mk = torch.ones_like(base_k, requires_grad=True)
-    optimizer = torch.optim.Adam([Mq, Mk], lr=lr)
-    order = _chunk_order(problem.n_chunks, steps, chunks_per_step, seed)
+    return rho
 
-    def hard(rho_t: float) -> tuple[Tensor, Tensor]:
-        if fixed is not None:
-            return fixed
-        with torch.no_grad():
-            return (hard_mask(score_of(Mq, base_q, score), rho_t, group),
-                    hard_mask(score_of(Mk, base_k, score), rho_t, group))
 
-    def deployed() -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        Bq, Bk = hard(rho)
-        with torch.no_grad():
-            if output == "mask-only":
-                return Bq, Bk, Bq * base_q, Bk * base_k
-            return Bq, Bk, Bq * Mq * base_q, Bk * Mk * base_k
+@dataclass
+class _LayerObjective:
+    """L(M_q, M_k) of the module docstring (Definition 3.2 for the real layer) on the chunks of
+    step t (``order[t]``), and its gradient by autograd (accumulated into ``.grad``, one backward
+    pass per chunk). ``straight_through``: the forward pass uses the hard masks B_t of that
+    projection in place of M, as B_t + M − sg(M), so the gradient reaches M (straight-through)."""
 
-    trace, best = QKTrace(), None
-    ramp_end = max(1, round(ramp * steps))
-    for t in range(steps):
-        rho_t = target_sparsity(t, steps, rho, ramp)
-        optimizer.param_groups[0]["lr"] = step_size(lr, t, steps, schedule)
-        optimizer.zero_grad()
-        if selection == "straight-through":
-            Bq, Bk = hard(rho_t)
-            eff_q, eff_k = Bq + Mq - Mq.detach(), Bk + Mk - Mk.detach()
-        else:
-            eff_q, eff_k = Mq, Mk
-        chunks = order[t]
-        norm = problem.target_norm(chunks)
-        loss = float(_backward_penalty(problem, Mq, Mk))
+    problem: LayerProblem
+    bases: list[Tensor]
+    order: list[list[int]]
+    straight_through: HardThreshold | None = None
+
+    def __call__(self, params: list[Tensor], t: int) -> tuple[float, list[Tensor]]:
+        for M in params:
+            M.grad = None
+        effective = params
+        if self.straight_through is not None:
+            masks = self.straight_through.select(params, t)
+            effective = [B + M - M.detach() for B, M in zip(masks, params, strict=True)]
+        chunks = self.order[t]
+        norm = self.problem.target_norm(chunks)
+        loss = float(_backward_penalty(self.problem, *params))
         for c in chunks:
-            part = problem.squared_error(eff_q * base_q, eff_k * base_k, c) / norm
+            Wq, Wk = (E * W for E, W in zip(effective, self.bases, strict=True))
+            part = self.problem.squared_error(Wq, Wk, c) / norm
             part.backward()
             loss += float(part.detach())
-        optimizer.step()
-        if selection == "projected":
-            Bq, Bk = hard(rho_t)
-            with torch.no_grad():
-                Mq.mul_(Bq)
-                Mk.mul_(Bk)
-        trace.loss.append(loss)
-        trace.sparsity.append(float((Bq == 0).sum() + (Bk == 0).sum()) / (Bq.numel() + Bk.numel()))
-        last = t == steps - 1
-        if validation is not None and t + 1 >= ramp_end and ((t + 1 - ramp_end) % check_every == 0 or last):
-            candidate = deployed()
-            error = validation.relative_error(candidate[2], candidate[3])
-            trace.validation.append((t + 1, error))
-            if best is None or error < best[0]:
-                best = (error, t + 1, candidate, (Mq.detach().clone(), Mk.detach().clone()))
-    if best is None:
-        best = (None, steps, deployed(), (Mq.detach().clone(), Mk.detach().clone()))
-    _, step, (Bq, Bk, weight_q, weight_k), (Mq_kept, Mk_kept) = best
-    return QKFit(Bq, Bk, Mq_kept, Mk_kept, weight_q, weight_k, trace, step)
+        return loss, [M.grad for M in params]
 
 
-def _base(problem: LayerProblem, support: tuple | None):
-    """The weights the mask multiplies (dense, or a linear method's) and its fixed masks if any."""
+@dataclass
+class _Checkpoint:
+    """The deployable outcome after ``step`` steps: hard masks B at ρ, copies of the real masks M,
+    the pruned weights, and the validation error if it was checked."""
+
+    step: int
+    masks: list[Tensor]
+    M: list[Tensor]
+    weights: list[Tensor]
+    error: float | None = None
+
+
+def _deploy(
+    threshold: HardThreshold, params: list[Tensor], bases: list[Tensor], rho: float, output: str, step: int
+) -> _Checkpoint:
+    """B at ρ and the weights of ``output``: B∘W ("mask-only") or B∘M∘W ("reweighted")."""
+    masks = threshold.masks(params, rho)
+    with torch.no_grad():
+        if output == "mask-only":
+            weights = [B * W for B, W in zip(masks, bases, strict=True)]
+        else:
+            weights = [B * M * W for B, M, W in zip(masks, params, bases, strict=True)]
+    return _Checkpoint(step, masks, [M.detach().clone() for M in params], weights)
+
+
+@dataclass
+class _EarlyStopping:
+    """After step t (once ρ_t = ρ, every ``check_every`` steps and at the last): the relative error
+    of the deployed weights on ``validation``, recorded in the trace; keeps the best checkpoint."""
+
+    deploy: Callable[[int], _Checkpoint]
+    validation: LayerProblem | None
+    steps: int
+    ramp_end: int
+    check_every: int
+    best: _Checkpoint | None = None
+
+    def __call__(self, t: int, params: list[Tensor], trace: Trace) -> None:
+        done = t + 1
+        due = (done - self.ramp_end) % self.check_every == 0 or done == self.steps
+        if self.validation is None or done < self.ramp_end or not due:
+            return
+        candidate = self.deploy(done)
+        candidate.error = self.validation.relative_error(*candidate.weights)
+        trace.validation.append((done, candidate.error))
+        if self.best is None or candidate.error < self.best.error:
+            self.best = candidate
+
+    def result(self) -> _Checkpoint:
+        """The best checked checkpoint, or the last step's without validation."""
+        return self.best if self.best is not None else self.deploy(self.steps)
+
+
+def _base(problem: LayerProblem, support: tuple | None) -> tuple[list[Tensor], list[Tensor] | None]:
+    """The weights the masks multiply (dense, or a linear method's) and its fixed masks if any."""
     if support is None:
-        return problem.Wq, problem.Wk, None
+        return [problem.Wq, problem.Wk], None
     result_q, result_k = support
     check_same_shape("support[0].weight", result_q.weight, "Wq", problem.Wq)
     check_same_shape("support[1].weight", result_k.weight, "Wk", problem.Wk)
-    return result_q.weight, result_k.weight, (result_q.mask, result_k.mask)
+    return [result_q.weight, result_k.weight], [result_q.mask, result_k.mask]
 
 
 def _backward_penalty(problem: LayerProblem, Mq: Tensor, Mk: Tensor) -> Tensor:
+    """The penalty of the masks, its gradient accumulated into ``.grad``."""
     penalty = problem.penalty(Mq, Mk)
     if penalty.requires_grad:
         penalty.backward()
@@ -355,4 +442,4 @@ def _chunk_order(n_chunks: int, steps: int, per_step: int | None, seed: int) -> 
     stream: list[int] = []
     while len(stream) < steps * per_step:
         stream.extend(torch.randperm(n_chunks, generator=generator).tolist())
-    return [stream[t * per_step:(t + 1) * per_step] for t in range(steps)]
+    return [stream[t * per_step : (t + 1) * per_step] for t in range(steps)]

@@ -2,6 +2,11 @@
 
 Every results file says which profile, model, data, seed and library versions made it, so a
 number in the book can be traced to the command that produced it.
+
+Paths are taken as given: a relative path is relative to the current directory (a path on the
+command line means what the shell means). A chapter passes ``attnprune.notebooks.ROOT /
+results_dir``, an absolute path, so it finds its results whatever the kernel's directory
+(papermill runs chapters in the repository root, nbval in the executed notebook's folder).
 """
 
 from __future__ import annotations
@@ -17,14 +22,6 @@ from typing import Any
 import pandas as pd
 
 VERSIONED = ("attnprune", "torch", "numpy", "transformers", "pandas")
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def resolve(path: str | os.PathLike) -> Path:
-    """A results path: absolute as given, or relative to the repository root (not the cwd),
-    so a chapter finds its results wherever its kernel runs (papermill, nbval)."""
-    path = Path(path)
-    return path if path.is_absolute() else ROOT / path
 
 
 def versions() -> dict[str, str]:
@@ -44,8 +41,8 @@ def provenance(profile: str, **settings: Any) -> dict[str, Any]:
 
 
 def write_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to a temporary file beside ``path``, then rename it into place."""
-    path = resolve(path)
+    """Write ``text`` to a temporary file beside ``path`` (relative: to the cwd), then rename it into place."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -65,11 +62,12 @@ def write_json(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
 
 
 def read_json(path: str | os.PathLike) -> dict[str, Any]:
-    return json.loads(resolve(path).read_text(encoding="utf-8"))
+    """The JSON object in ``path`` (relative: to the cwd)."""
+    return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
 def write_table(path: str | os.PathLike, rows: pd.DataFrame, meta: dict[str, Any]) -> Path:
-    """Atomically write a results table as JSON: ``{"meta": provenance, "rows": [...]}``."""
+    """Atomically write a chapter's results table as JSON: ``{"meta": provenance, "rows": [...]}``."""
     return write_json(path, {"meta": meta, "rows": rows.to_dict(orient="records")})
 
 

@@ -37,7 +37,9 @@ def test_closed_form_gradient_matches_autograd(n, d, causal):
 @pytest.mark.parametrize("n, d", SHAPES[:3])
 def test_closed_form_gradient_matches_central_differences(n, d, causal):
     p, M = problem(n, d, causal=causal)
-    assert rel(p.gradient(M), finite_difference_gradient(p, M, eps=1e-6)) < 1e-8
+    # ε = 1e-5 balances truncation (∝ ε²) against float64 rounding (∝ 2e-16/ε): both ~1e-10 here; with
+    # ε = 1e-6 the rounding noise alone reached 3e-9, a BLAS- and thread-dependent margin of only 3x
+    assert rel(p.gradient(M), finite_difference_gradient(p, M, eps=1e-5)) < 1e-8
 
 
 def test_gradient_without_regulariser_vanishes_at_the_dense_mask():
@@ -51,7 +53,7 @@ def test_loss_is_half_squared_error_plus_ridge():
     p, M = problem(9, 4, lam=0.3)
     F = torch.softmax(p.X @ (M * p.W) @ p.X.T, dim=-1)
     expected = 0.5 * (F - p.target).square().sum() + 0.15 * M.square().sum()
-    assert float(p.loss(M)) == pytest.approx(float(expected), rel=1e-12)
+    assert float(p.loss(M)) == pytest.approx(float(expected), rel=1e-10)
 
 
 def test_batched_problem_is_the_sum_of_its_parts():
@@ -69,8 +71,8 @@ def test_batched_problem_is_the_sum_of_its_parts():
     loss_sum += 0.1 * float(M.square().sum())
     grad_sum += 0.2 * M
     value, grad = batched.loss_and_gradient(M)
-    assert float(value) == pytest.approx(loss_sum, rel=1e-12)
-    assert rel(grad, grad_sum) < 1e-12
+    assert float(value) == pytest.approx(loss_sum, rel=1e-10)  # float64 sums in another order
+    assert rel(grad, grad_sum) < 1e-10
     assert rel(grad, autograd_gradient(batched, M)) < 1e-10
 
 

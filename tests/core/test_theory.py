@@ -36,15 +36,16 @@ def test_bound_is_the_stated_formula():
     x_norm = float(torch.linalg.matrix_norm(p.X, ord=2))
     w_max = float(p.W.abs().max())
     expected = 1.25 * w_max**2 * x_norm**4 + 0.1
-    assert lipschitz_bound(p.X, p.W, 0.1) == pytest.approx(expected, rel=1e-12)
-    assert lipschitz_bound_from_norms(x_norm, w_max, 0.1) == pytest.approx(expected, rel=1e-12)
+    # ‖X‖₂ from an SVD (LAPACK-dependent in the last bits), then raised to the 4th power
+    assert lipschitz_bound(p.X, p.W, 0.1) == pytest.approx(expected, rel=1e-10)
+    assert lipschitz_bound_from_norms(x_norm, w_max, 0.1) == pytest.approx(expected, rel=1e-10)
 
 
 def test_bound_adds_the_sequences_of_a_batch():
     p = problem()
     X2 = torch.stack([p.X, 2 * p.X])
     single = lipschitz_bound(p.X, p.W) / 1.0
-    assert lipschitz_bound(X2, p.W) == pytest.approx(single * (1 + 16), rel=1e-12)
+    assert lipschitz_bound(X2, p.W) == pytest.approx(single * (1 + 16), rel=1e-10)  # a batched SVD
 
 
 def test_bound_refuses_a_negative_lambda():
@@ -142,7 +143,7 @@ def test_pl_predicted_steps_is_the_geometric_rate():
 def test_descent_lemma_slack_from_a_trace():
     trace = Trace()
     trace.record(10.0, 2.0, 0.5, 0.0)  # needs L₁ ≤ 10 − 1 = 9
-    trace.record(8.0, 2.0, 0.5, 0.0)   # needs L₂ ≤ 7
+    trace.record(8.0, 2.0, 0.5, 0.0)  # needs L₂ ≤ 7
     slack = descent_lemma_slack(trace, final_loss=7.5)
     assert slack.tolist() == pytest.approx([1.0, -0.5])
     assert descent_lemma_violations(trace, 7.5) == 1
@@ -153,7 +154,8 @@ def test_gradient_descent_with_the_bound_never_violates_the_descent_lemma():
     p = problem(n=12, d=6, lam=0.5, w=3.0)
     result = prune(p, 0.0, variant="plain", steps=50, step_size="bound")
     assert descent_lemma_violations(result.trace, result.final_loss) == 0
-    assert (descent_lemma_slack(result.trace, result.final_loss) >= -1e-12).all()
+    rounding = 1e-10 * np.maximum(1.0, np.abs(result.trace.loss))  # float64 sums, relative to L(M_t)
+    assert (descent_lemma_slack(result.trace, result.final_loss) >= -rounding).all()
 
 
 def test_steps_to_reach():

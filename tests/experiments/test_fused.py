@@ -7,10 +7,9 @@ import math
 import pytest
 import torch
 
-from attnprune.llm import models
 from attnprune.core.attention import attention_matrix
 from attnprune.core.baselines import sparsegpt_prune, wanda_prune
-from attnprune.llm.capture import capture_attention_inputs
+from attnprune.core.masks import hard_mask, n_pruned
 from attnprune.experiments.fused import (
     COLUMNS,
     baseline_fused_weights,
@@ -19,7 +18,8 @@ from attnprune.experiments.fused import (
     head_errors,
     per_layer,
 )
-from attnprune.core.masks import hard_mask, n_pruned
+from attnprune.llm import models
+from attnprune.llm.capture import capture_attention_inputs
 from attnprune.llm.models import attention_shape
 
 
@@ -72,8 +72,8 @@ def test_factor_baselines_prune_each_head_as_its_own_linear_layer(layer0):
 
 
 def test_adam_prune_fits_better_than_magnitude(layer0):
-    from attnprune.experiments.fused import adam_prune
     from attnprune.core.objective import PruningProblem
+    from attnprune.experiments.fused import adam_prune
 
     X, Wq, Wk, shape = layer0
     W = fused_weights(Wq, Wk, shape)[:2]

@@ -134,8 +134,24 @@ def test_run_grid_gives_one_row_per_point_seed_and_method(tiny_runs):
     per_point = 2 * 2 + len(BASELINES) * len(APPLICATIONS)  # ours: 2 variants × 2 outputs
     assert len(runs) == len(grid.points()) * 2 * 2 * per_point
     assert not runs.duplicated(["k", "n", "lam", "rho", "seed", "method", "variant", "output"]).any()
-    for column in ("d", "k", "n", "lam", "rho", "seed", "logit_scale", "causal", "steps", "entropy",
-                   "err_fit", "err_heldout", "sparsity", "time_s", "version_torch", "version_attnprune"):
+    for column in (
+        "d",
+        "k",
+        "n",
+        "lam",
+        "rho",
+        "seed",
+        "logit_scale",
+        "causal",
+        "steps",
+        "entropy",
+        "err_fit",
+        "err_heldout",
+        "sparsity",
+        "time_s",
+        "version_torch",
+        "version_attnprune",
+    ):
         assert column in runs.columns, column
     assert (runs["err_fit"] >= 0).all() and (runs["err_heldout"] >= 0).all()
     assert (runs["time_s"] > 0).all()
@@ -150,8 +166,14 @@ def test_every_method_prunes_exactly_rho(tiny_runs):
 
 def test_the_fitted_error_is_the_paper_metric_on_the_fitted_x(tiny_runs):
     _, runs = tiny_runs
-    row = runs[(runs["method"] == "magnitude") & (runs["output"] == "fused") & (runs["k"] == 8)
-               & (runs["seed"] == 1) & (runs["n"] == 24) & (runs["lam"] == 0.0)].iloc[0]
+    row = runs[
+        (runs["method"] == "magnitude")
+        & (runs["output"] == "fused")
+        & (runs["k"] == 8)
+        & (runs["seed"] == 1)
+        & (runs["n"] == 24)
+        & (runs["lam"] == 0.0)
+    ].iloc[0]
     task = make_task(24, 8, 8, seed=1)
     W_tilde = magnitude_prune(task.W.T, 0.5).weight.T
     from attnprune.core.attention import relative_error
@@ -177,6 +199,35 @@ def test_seed_summary_and_margins():
     assert len(table) == 1
     assert table.loc[0, "best_baseline"] == "s"
     assert table.loc[0, "ratio"] == pytest.approx(0.2 / 0.4)
+
+
+def test_margins_divide_each_variant_by_the_best_baseline_of_its_own_point():
+    rows = []
+    for rho, errors in [
+        (0.5, {"o": 0.1, "p": 0.3, "w": 0.4, "s": 0.2}),
+        (0.7, {"o": 0.9, "p": 0.3, "w": 0.6, "s": 0.8}),
+    ]:
+        for label, e in errors.items():
+            method = "ours" if label in "op" else "baseline"
+            rows.append(
+                {
+                    "k": 4,
+                    "n": 8,
+                    "lam": 0.0,
+                    "rho": rho,
+                    "seed": 0,
+                    "method": method,
+                    "variant": "",
+                    "output": "",
+                    "label": label,
+                    "e": e,
+                }
+            )
+    table = margins(pd.DataFrame(rows), "e")
+    assert list(table.columns) == ["k", "n", "lam", "rho", "label", "ours", "best_baseline", "baseline", "ratio"]
+    by = table.set_index(["rho", "label"])
+    assert by["best_baseline"].to_dict() == {(0.5, "o"): "s", (0.5, "p"): "s", (0.7, "o"): "w", (0.7, "p"): "w"}
+    assert by["ratio"].tolist() == pytest.approx([0.5, 1.5, 1.5, 0.5])
 
 
 def test_the_chapter_profiles():

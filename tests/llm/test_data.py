@@ -43,7 +43,7 @@ def test_austen_is_split_by_novel():
 
 def test_missing_austen_names_the_setup_command(monkeypatch, tmp_path):
     monkeypatch.setenv("ATTNPRUNE_CACHE", str(tmp_path))
-    with pytest.raises(assets.MissingAssetError, match="python -m attnprune.llm.assets install"):
+    with pytest.raises(assets.MissingAssetError, match=r"python -m attnprune\.llm\.assets install"):
         load_texts("austen", "evaluation")
 
 

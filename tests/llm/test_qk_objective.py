@@ -1,5 +1,6 @@
-"""The deployable objective (true attention of q_proj/k_proj) and whole-model q/k pruning, on the
-tiny randomly initialised Llama-3.2-shaped model (rope_type llama3, grouped-query attention)."""
+"""The deployable objective (true attention of q_proj/k_proj), on the tiny randomly initialised
+Llama-3.2-shaped model (rope_type llama3, grouped-query attention). Whole-model pruning is in
+test_prune.py."""
 
 from __future__ import annotations
 
@@ -7,15 +8,14 @@ import copy
 
 import pytest
 import torch
-import transformers
 
+from attnprune.core.baselines import sparsegpt_prune
+from attnprune.core.masks import n_pruned
 from attnprune.llm import models
 from attnprune.llm import prune as pipeline
-from attnprune.core.baselines import sparsegpt_prune
 from attnprune.llm.capture import capture_attention_inputs, layer_inputs
+from attnprune.llm.models import attention_shape
 from attnprune.llm.qk_objective import LayerProblem, _chunk_order, attention_probabilities, fit_qk
-from attnprune.core.masks import n_pruned
-from attnprune.llm.models import attention_shape, linear_weight_count
 
 SEQ = 24
 
@@ -44,7 +44,7 @@ def test_probabilities_match_the_eager_attention_of_transformers(tiny_llama, ids
         q, k = models.qk_modules(model, layer)
         P = attention_probabilities(X[layer], q.weight, k.weight, cos, sin, attention_shape(model))
         assert P.shape == (4, 8, SEQ, SEQ)
-        torch.testing.assert_close(P, reference[layer], atol=1e-6, rtol=0)
+        torch.testing.assert_close(P, reference[layer], atol=1e-5, rtol=1e-5)
         assert torch.all(P.triu(1) == 0)
 
 
@@ -119,7 +119,19 @@ def test_early_stopping_returns_the_best_checked_step(layer1):
     assert steps == [6, 8, 10, 12]
     best = min(fit.trace.validation, key=lambda item: item[1])
     assert fit.step == best[0]
-    assert layer1.relative_error(fit.weight_q, fit.weight_k) == pytest.approx(best[1], rel=1e-6)
+    assert layer1.relative_error(fit.weight_q, fit.weight_k) == pytest.approx(best[1], rel=1e-5)
+
+
+def test_fit_trace_records_every_step_of_the_shared_loop(layer1):
+    from attnprune.core.solver import step_size
+    from attnprune.core.trace import Trace
+
+    fit = fit_qk(layer1, 0.5, steps=8, lr=0.05, schedule="final-decay")
+    assert isinstance(fit.trace, Trace) and fit.trace.validation == [] and fit.step == 8
+    assert fit.trace.step_size == [step_size(0.05, t, 8, "final-decay") for t in range(8)]
+    assert len(fit.trace.grad_norm) == len(fit.trace.loss) == 8
+    assert fit.trace.grad_norm[-1] > 0  # (at M = 1 with λ = μ = 0 the fit term is at its minimum)
+    assert not fit.Mq.requires_grad and not fit.weight_q.requires_grad
 
 
 def test_stochastic_steps_cycle_through_every_chunk():
@@ -146,82 +158,3 @@ def test_bad_inputs_name_the_argument(layer1):
         fit_qk(layer1, 1.0)
     with pytest.raises(ValueError, match="Wq"):
         layer1.relative_error(layer1.Wk, layer1.Wk)
-
-
-# -- the whole model ------------------------------------------------------------------------------
-@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt", "ours"])
-def test_prune_model_gives_exact_qk_sparsity_and_touches_nothing_else(tiny_llama, ids, method):
-    model = copy.deepcopy(tiny_llama)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    options = {"steps": 4} if method == "ours" else {}
-    report = pipeline.prune_model(model, ids, method, 0.5, **options)
-    d = attention_shape(model).hidden
-    for layer in (0, 1):
-        for module in models.qk_modules(model, layer):
-            assert torch.all((module.weight == 0).sum(1) == n_pruned(d, 0.5))
-    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
-    assert changed == {f"model.layers.{i}.self_attn.{p}_proj.weight" for i in (0, 1) for p in "qk"}
-    assert report["sparsity_summary"]["pruned_weights"] == 0.5
-    qk = sum(m.weight.numel() for i in (0, 1) for m in models.qk_modules(model, i))
-    assert report["sparsity_summary"]["model_linear_weights"] == pytest.approx(0.5 * qk / linear_weight_count(model))
-    assert [row["layer"] for row in report["per_layer"]] == [0, 1]
-    assert all(row["fit_error"] > 0 for row in report["per_layer"])
-
-
-def test_pruned_model_round_trips_through_save_pretrained(tiny_llama, ids, tmp_path):
-    model = copy.deepcopy(tiny_llama)
-    pipeline.prune_model(model, ids, "wanda", 0.7, layers=[1])
-    model.save_pretrained(tmp_path)
-    reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
-    q, k = models.qk_modules(reloaded, 1)
-    assert pipeline.sparsity_summary(reloaded, [1])["pruned_weights"] == pytest.approx(0.7, abs=1e-3)
-    assert torch.equal(q.weight, models.qk_modules(model, 1)[0].weight)
-    with torch.no_grad():
-        torch.testing.assert_close(reloaded(ids).logits, model(ids).logits)
-    assert pipeline.sparsity_summary(reloaded, [0])["pruned_weights"] == 0.0
-
-
-def test_sequential_and_dense_capture_agree_on_the_first_layer_only(tiny_llama, ids):
-    reports = {}
-    for capture in ("sequential", "dense"):
-        model = copy.deepcopy(tiny_llama)
-        reports[capture] = pipeline.prune_model(model, ids, "wanda", 0.5, capture=capture)
-        reports[capture]["weights"] = pipeline.qk_weights(model)
-    assert torch.equal(reports["sequential"]["weights"][0][0], reports["dense"]["weights"][0][0])
-    assert not torch.equal(reports["sequential"]["weights"][1][0], reports["dense"]["weights"][1][0])
-
-
-def test_swapped_restores_and_layer_errors_are_zero_for_dense_weights(tiny_llama, ids):
-    model = copy.deepcopy(tiny_llama)
-    dense = pipeline.qk_weights(model)
-    pruned = {1: tuple(torch.zeros_like(w) for w in dense[1])}
-    with pipeline.swapped(model, pruned):
-        assert torch.all(models.qk_modules(model, 1)[0].weight == 0)
-    assert torch.equal(models.qk_modules(model, 1)[0].weight, dense[1][0])
-    errors = pipeline.layer_errors(model, ids, {"dense": dense, "zero": pruned})
-    assert list(errors["layer"]) == [0, 1, 1]
-    assert errors.loc[errors["candidate"] == "dense", "error"].eq(0).all()
-    assert float(errors.loc[errors["candidate"] == "zero", "error"].iloc[0]) > 0
-
-
-def test_early_stopping_through_prune_model(tiny_llama, ids):
-    model = copy.deepcopy(tiny_llama)
-    report = pipeline.prune_model(model, ids[:3], "ours", 0.5, layers=[0], validation_ids=ids[3:],
-                                  steps=4, check_every=1)
-    assert report["n_validation"] == 1 and report["options"]["check_every"] == 1
-
-
-def test_prune_model_rejects_bad_arguments(tiny_llama, ids):
-    model = copy.deepcopy(tiny_llama)
-    with pytest.raises(ValueError, match="method"):
-        pipeline.prune_model(model, ids, "obs", 0.5)
-    with pytest.raises(ValueError, match="apply to method 'ours' only"):
-        pipeline.prune_model(model, ids, "wanda", 0.5, steps=3)
-    with pytest.raises(ValueError, match="capture"):
-        pipeline.prune_model(model, ids, "wanda", 0.5, capture="lazy")
-    with pytest.raises(ValueError, match="layers"):
-        pipeline.prune_model(model, ids, "wanda", 0.5, layers=[5])
-    with pytest.raises(ValueError, match="input_ids"):
-        pipeline.prune_model(model, ids.float(), "wanda", 0.5)
-    with pytest.raises(ValueError, match="support"):
-        pipeline.prune_model(model, ids, "ours", 0.5, support="obs")
