@@ -80,46 +80,25 @@ def _number(text: str, cast):
     return value
 
 
-def _sparsity(text: str) -> float:
-    value = _number(text, float)
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"must lie in [0, 1) (the fraction of weights set to zero), got {text!r}")
-    return value
+def _checked(cast, accept, rule: str):
+    """An argparse type: the text as ``cast`` (int or a finite float), kept if ``accept(value)``,
+    else the error "must <rule>, got <text>"."""
+
+    def parse(text: str):
+        value = _number(text, cast)
+        if not accept(value):
+            raise argparse.ArgumentTypeError(f"must {rule}, got {text!r}")
+        return value
+
+    return parse
 
 
-def _positive_int(text: str) -> int:
-    value = _number(text, int)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return value
-
-
-def _seq_len(text: str) -> int:
-    value = _number(text, int)
-    if value < 2:
-        raise argparse.ArgumentTypeError(f"must be an integer ≥ 2 (tokens per sequence), got {text!r}")
-    return value
-
-
-def _seed(text: str) -> int:
-    value = _number(text, int)
-    if not 0 <= value < 2**63:
-        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2**63), got {text!r}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = _number(text, float)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
-    return value
-
-
-def _nonnegative_float(text: str) -> float:
-    value = _number(text, float)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a number ≥ 0, got {text!r}")
-    return value
+_sparsity = _checked(float, lambda v: 0.0 <= v < 1.0, "lie in [0, 1) (the fraction of weights set to zero)")
+_positive_int = _checked(int, lambda v: v > 0, "be a positive integer")
+_seq_len = _checked(int, lambda v: v >= 2, "be an integer ≥ 2 (tokens per sequence)")
+_seed = _checked(int, lambda v: 0 <= v < 2**63, "be an integer in [0, 2**63)")
+_positive_float = _checked(float, lambda v: v > 0, "be a number > 0")
+_nonnegative_float = _checked(float, lambda v: v >= 0, "be a number ≥ 0")
 
 
 def _layers(text: str) -> list[int]:

@@ -16,6 +16,7 @@ Markdown table) and to ``--out`` (JSON, with provenance).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -28,28 +29,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ["magnitude", "wanda", "sparsegpt", "ours", "ours+sparsegpt"]
 TARGET_RATIO, TARGET_SECONDS, TARGET_BYTES = 5.0, 600.0, 4 * 1024**3
-LLAMA_32_1B = dict(  # meta-llama/Llama-3.2-1B's config.json (shape only)
-    vocab_size=128256,
-    hidden_size=2048,
-    intermediate_size=8192,
-    num_hidden_layers=16,
-    num_attention_heads=32,
-    num_key_value_heads=8,
-    head_dim=64,
-    max_position_embeddings=131072,
-    rms_norm_eps=1e-5,
-    tie_word_embeddings=True,
-    bos_token_id=128000,
-    eos_token_id=128001,
-    rope_parameters={
-        "rope_type": "llama3",
-        "rope_theta": 500000.0,
-        "factor": 32.0,
-        "high_freq_factor": 4.0,
-        "low_freq_factor": 1.0,
-        "original_max_position_embeddings": 8192,
-    },
-)
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -82,8 +61,10 @@ def load(args: argparse.Namespace):
     if args.random_llama_1b:
         from transformers import LlamaConfig, LlamaForCausalLM
 
+        from attnprune.llm.models import PAPER_MODEL_SHAPE
+
         torch.manual_seed(0)
-        model = LlamaForCausalLM(LlamaConfig(**LLAMA_32_1B)).to(args.device).eval()
+        model = LlamaForCausalLM(LlamaConfig(**copy.deepcopy(PAPER_MODEL_SHAPE))).to(args.device).eval()
         generator = torch.Generator().manual_seed(0)
         calib = torch.randint(128000, (args.n_calibration, args.seq_len), generator=generator)
         evaluation = torch.randint(128000, (args.eval_sequences, args.eval_len), generator=generator)

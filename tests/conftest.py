@@ -8,17 +8,12 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 
+import copy
+
 import pytest
 import torch
 
-LLAMA32_ROPE = {  # Llama 3.2-1B's rotary embedding: rope_type "llama3" with its scaling
-    "rope_type": "llama3",
-    "rope_theta": 500000.0,
-    "factor": 32.0,
-    "high_freq_factor": 4.0,
-    "low_freq_factor": 1.0,
-    "original_max_position_embeddings": 8192,
-}
+from attnprune.llm.models import PAPER_MODEL_SHAPE
 
 
 @pytest.fixture(scope="session")
@@ -29,21 +24,8 @@ def tiny_llama():
     a test that changes weights must work on a ``copy.deepcopy`` of it."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(
-        vocab_size=128256,
-        hidden_size=512,
-        intermediate_size=1024,
-        num_hidden_layers=2,
-        num_attention_heads=8,
-        num_key_value_heads=2,
-        head_dim=64,
-        tie_word_embeddings=True,
-        max_position_embeddings=131072,
-        rms_norm_eps=1e-5,
-        bos_token_id=128000,
-        eos_token_id=128001,
-        rope_parameters=dict(LLAMA32_ROPE),
-    )
+    smaller = {"hidden_size": 512, "intermediate_size": 1024, "num_hidden_layers": 2, "num_attention_heads": 8}
+    config = LlamaConfig(**{**copy.deepcopy(PAPER_MODEL_SHAPE), **smaller, "num_key_value_heads": 2})
     torch.manual_seed(0)
     return LlamaForCausalLM(config).to(torch.float32).eval()
 

@@ -62,32 +62,16 @@ def test_help_explains_every_option(capsys):
         assert text.count("default") >= 3
 
 
+def _prune(model, text, out, method: str, sparsity: str, *extra: str) -> list[str]:
+    """The argv of ``attnprune prune`` with the four required options, then ``extra``."""
+    return ["prune", "--model", str(model), "--method", method, "--sparsity", sparsity,
+            "--calib", str(text), "--out", str(out), *extra]  # fmt: skip
+
+
 def test_prune_then_eval_end_to_end(saved_model, text_file, tmp_path, capsys):
     out = tmp_path / "pruned"
-    code = cli.main(
-        [
-            "prune",
-            "--model",
-            str(saved_model),
-            "--method",
-            "ours",
-            "--sparsity",
-            "0.5",
-            "--calib",
-            str(text_file),
-            "--out",
-            str(out),
-            "--n-calibration",
-            "2",
-            "--seq-len",
-            "16",
-            "--layers",
-            "1",
-            "--steps",
-            "3",
-            "--no-progress",
-        ]
-    )
+    small = ("--n-calibration", "2", "--seq-len", "16", "--layers", "1", "--steps", "3", "--no-progress")
+    code = cli.main(_prune(saved_model, text_file, out, "ours", "0.5", *small))
     assert code == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary == json.loads((out / cli.SUMMARY).read_text())
@@ -99,25 +83,8 @@ def test_prune_then_eval_end_to_end(saved_model, text_file, tmp_path, capsys):
     assert all(int((m.weight == 0).sum()) == 0 for m in qk_modules(reloaded, 0))
 
     report = tmp_path / "eval.json"
-    assert (
-        cli.main(
-            [
-                "eval",
-                "--model",
-                str(out),
-                "--data",
-                str(text_file),
-                "--seq-len",
-                "16",
-                "--max-sequences",
-                "3",
-                "--no-progress",
-                "--summary",
-                str(report),
-            ]
-        )
-        == 0
-    )
+    argv = ["eval", "--model", str(out), "--data", str(text_file), "--seq-len", "16", "--max-sequences", "3"]
+    assert cli.main([*argv, "--no-progress", "--summary", str(report)]) == 0
     evaluation = json.loads(capsys.readouterr().out)
     assert evaluation == json.loads(report.read_text())
     assert evaluation["n_sequences"] == 3 and evaluation["perplexity"] > 1.0
@@ -125,136 +92,31 @@ def test_prune_then_eval_end_to_end(saved_model, text_file, tmp_path, capsys):
 
 def test_baseline_prune_and_errors(saved_model, text_file, tmp_path, capsys):
     out = tmp_path / "wanda"
-    assert (
-        cli.main(
-            [
-                "prune",
-                "--model",
-                str(saved_model),
-                "--method",
-                "wanda",
-                "--sparsity",
-                "0.3",
-                "--calib",
-                str(text_file),
-                "--out",
-                str(out),
-                "--n-calibration",
-                "2",
-                "--seq-len",
-                "16",
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
+    small = ("--n-calibration", "2", "--seq-len", "16", "--no-progress")
+    assert cli.main(_prune(saved_model, text_file, out, "wanda", "0.3", *small)) == 0
     assert json.loads(capsys.readouterr().out)["sparsity_summary"]["pruned_weights"] == pytest.approx(0.3, abs=2e-3)
     with pytest.raises(SystemExit) as exit_:
-        cli.main(
-            [
-                "prune",
-                "--model",
-                str(saved_model),
-                "--method",
-                "wanda",
-                "--sparsity",
-                "0.3",
-                "--calib",
-                str(text_file),
-                "--out",
-                str(out),
-                "--steps",
-                "3",
-            ]
-        )
+        cli.main(_prune(saved_model, text_file, out, "wanda", "0.3", "--steps", "3"))
     assert exit_.value.code == 2
     assert "--steps apply to --method ours only" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        cli.main(
-            [
-                "prune",
-                "--model",
-                str(saved_model),
-                "--method",
-                "wanda",
-                "--sparsity",
-                "1.5",
-                "--calib",
-                str(text_file),
-                "--out",
-                str(out),
-            ]
-        )
+        cli.main(_prune(saved_model, text_file, out, "wanda", "1.5"))
     assert "sparsity" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.main(["eval", "--model", str(tmp_path / "missing"), "--data", str(text_file)])
     assert "no such local model folder" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        cli.main(
-            [
-                "prune",
-                "--model",
-                str(saved_model),
-                "--method",
-                "obs",
-                "--sparsity",
-                "0.3",
-                "--calib",
-                str(text_file),
-                "--out",
-                str(out),
-            ]
-        )
+        cli.main(_prune(saved_model, text_file, out, "obs", "0.3"))
     assert "invalid choice" in capsys.readouterr().err
 
 
 def test_relative_paths_are_relative_to_the_current_directory(saved_model, text_file, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # outside the repository: the files land here, not under the repository root
-    assert (
-        cli.main(
-            [
-                "prune",
-                "--model",
-                str(saved_model),
-                "--method",
-                "magnitude",
-                "--sparsity",
-                "0.5",
-                "--calib",
-                str(text_file),
-                "--out",
-                "pruned",
-                "--n-calibration",
-                "1",
-                "--seq-len",
-                "8",
-                "--layers",
-                "0",
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
+    small = ("--n-calibration", "1", "--seq-len", "8", "--layers", "0", "--no-progress")
+    assert cli.main(_prune(saved_model, text_file, "pruned", "magnitude", "0.5", *small)) == 0
     summary = json.loads(capsys.readouterr().out)
     assert (tmp_path / "pruned" / "config.json").is_file()
     assert json.loads((tmp_path / "pruned" / cli.SUMMARY).read_text()) == summary
-    assert (
-        cli.main(
-            [
-                "eval",
-                "--model",
-                "pruned",
-                "--data",
-                str(text_file),
-                "--seq-len",
-                "8",
-                "--max-sequences",
-                "1",
-                "--no-progress",
-                "--summary",
-                "reports/eval.json",
-            ]
-        )
-        == 0
-    )
+    argv = ["eval", "--model", "pruned", "--data", str(text_file), "--seq-len", "8", "--max-sequences", "1"]
+    assert cli.main([*argv, "--no-progress", "--summary", "reports/eval.json"]) == 0
     assert json.loads((tmp_path / "reports" / "eval.json").read_text()) == json.loads(capsys.readouterr().out)

@@ -30,6 +30,28 @@ from . import assets
 
 OFFLINE_MODEL = "smollm2-135m"
 PAPER_MODEL = "meta-llama/Llama-3.2-1B"
+PAPER_MODEL_SHAPE = {  # meta-llama/Llama-3.2-1B's config.json, shape only: for random models of its shape
+    "vocab_size": 128256,
+    "hidden_size": 2048,
+    "intermediate_size": 8192,
+    "num_hidden_layers": 16,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "head_dim": 64,
+    "max_position_embeddings": 131072,
+    "rms_norm_eps": 1e-5,
+    "tie_word_embeddings": True,
+    "bos_token_id": 128000,
+    "eos_token_id": 128001,
+    "rope_parameters": {  # rope_type "llama3" with its scaling
+        "rope_type": "llama3",
+        "rope_theta": 500000.0,
+        "factor": 32.0,
+        "high_freq_factor": 4.0,
+        "low_freq_factor": 1.0,
+        "original_max_position_embeddings": 8192,
+    },
+}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _ACCEPTED = (
     f"the offline alias {OFFLINE_MODEL!r}, a local folder written by save_pretrained, "
