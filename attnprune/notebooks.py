@@ -7,11 +7,14 @@ with no entry for a profile runs with its defaults. Every chapter also receives 
 ``results_dir`` (where it writes its results files).
 
     python -m attnprune.notebooks execute [--profile quick] [--only NAME ...]
+    python -m attnprune.notebooks publish --profile full [--only NAME ...]
     python -m attnprune.notebooks book [--profile quick]
 
 ``execute`` writes ``_build/papermill/<profile>/<chapter>.ipynb`` (atomically: a failed or
 interrupted chapter leaves no file) and skips a chapter whose source, parameters and library
-are unchanged since its last successful run. ``book`` executes, copies the executed chapters
+are unchanged since its last successful run. ``publish`` executes chapters under a heavy profile
+and installs their results folders, with their provenance, as ``results/<profile>/<chapter>/``
+(committed; the chapters show them: :mod:`attnprune.records.published`). ``book`` executes, copies the executed chapters
 into ``book/executed/`` and runs ``jupyter-book build -W -n``.
 """
 
@@ -20,10 +23,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import platform
+import re
 import shutil
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import yaml
@@ -129,10 +135,21 @@ def execute_chapter(chapter: Path, profile: str, force: bool = False) -> Path:
         ) from None
     executed = nbformat.read(partial, as_version=4)
     executed.metadata[STAMP_KEY] = stamp
+    for cell in executed.cells:  # the run's settings are plumbing: the page says where its numbers come from
+        tags = cell.metadata.setdefault("tags", [])
+        if {"parameters", "injected-parameters"} & set(tags) and "remove-cell" not in tags:
+            tags.append("remove-cell")
     nbformat.write(executed, partial)
     os.replace(partial, output)
     print(f"  {chapter.stem}: done in {time.perf_counter() - start:.0f} s", flush=True)
     return output
+
+
+def _selected(only: list[str] | None) -> list[Path]:
+    selected = [c for c in chapters() if not only or c.stem in only or c.stem.split("_", 1)[-1] in only]
+    if only and not selected:
+        raise ValueError(f"no chapter matches {only}; chapters: {[c.stem for c in chapters()]}")
+    return selected
 
 
 def execute(profile: str, only: list[str] | None = None, force: bool = False) -> list[Path]:
@@ -142,9 +159,7 @@ def execute(profile: str, only: list[str] | None = None, force: bool = False) ->
     """
     if profile not in known_profiles():
         raise ValueError(f"profile must be one of {sorted(known_profiles())}, got {profile!r}")
-    selected = [c for c in chapters() if not only or c.stem in only or c.stem.split("_", 1)[-1] in only]
-    if only and not selected:
-        raise ValueError(f"no chapter matches {only}; chapters: {[c.stem for c in chapters()]}")
+    selected = _selected(only)
     print(f"Executing {len(selected)} chapter(s) with profile {profile!r}", flush=True)
     executed, failures = [], []
     for chapter in selected:
@@ -156,6 +171,87 @@ def execute(profile: str, only: list[str] | None = None, force: bool = False) ->
     if failures:
         raise ChapterFailed("\n".join(failures))
     return executed
+
+
+def chapter_code(chapter: Path) -> str:
+    """The Python of a chapter's code cells (MyST ``{code-cell}`` blocks, cell options dropped)."""
+    cells = re.findall(r"^```\{code-cell\}[^\n]*\n(.*?)^```", chapter.read_text(encoding="utf-8"), re.S | re.M)
+    cells = [re.sub(r"\A---\n.*?^---\n", "", cell, flags=re.S | re.M) for cell in cells]  # a YAML options block
+    lines = [line for cell in cells for line in cell.splitlines() if not line.startswith((":", "%", "!"))]
+    return "\n".join(lines)
+
+
+def git_commit(chapter: Path) -> tuple[str, bool]:
+    """The checked-out commit and whether the library, ``chapter`` or its profiles differ from it."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+
+    try:
+        profiles = NOTEBOOKS / "profiles" / f"{chapter.stem}.yml"
+        changed = git("status", "--porcelain", "--", "attnprune", str(chapter), str(profiles))
+        return git("rev-parse", "HEAD"), bool(changed)
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)", True
+
+
+def machine() -> dict:
+    """What the numbers were computed on: processor, cores, threads, operating system."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [
+            line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")
+        ]
+        cpu = names[0] if names else cpu
+    return {
+        "cpu": cpu,
+        "architecture": platform.machine(),
+        "cores": f"{os.cpu_count()} cores",
+        "torch_threads": torch.get_num_threads(),
+        "system": platform.platform(),
+    }
+
+
+def publish(profile: str, only: list[str] | None = None) -> list[Path]:
+    """Execute chapters under a heavy ``profile`` and install each one's results folder, with its
+    provenance, as ``results/<profile>/<chapter>/`` (:func:`attnprune.records.published.install`)."""
+    from .records import published
+    from .records.results import versions
+
+    if profile == "quick":
+        raise ValueError(
+            "--profile quick is the smoke test the book build runs; publish a heavy profile (full, offline-full)"
+        )
+    installed = []
+    for chapter in _selected(only):
+        started = datetime.now(UTC)
+        execute_chapter(chapter, profile, force=True)
+        source = results_dir(profile) / chapter.stem
+        if not source.is_dir():
+            raise ChapterFailed(f"chapter {chapter.stem} wrote no results folder {source.relative_to(ROOT)}")
+        finished = datetime.now(UTC)
+        commit, dirty = git_commit(chapter)
+        hashes = published.module_hashes(published.library_modules(chapter_code(chapter)))
+        provenance = {
+            "command": f"python -m attnprune.notebooks publish --profile {profile} --only {chapter.stem}",
+            "profile": profile,
+            "parameters": profile_parameters(chapter, profile),
+            "commit": commit,
+            "uncommitted_changes": dirty,
+            "library": {"hash": published.library_hash(hashes), "modules": hashes},
+            "versions": versions(),
+            "machine": machine(),
+            "started": started.isoformat(timespec="seconds"),
+            "finished": finished.isoformat(timespec="seconds"),
+            "wall_seconds": round((finished - started).total_seconds()),
+        }
+        target = published.install(source, ROOT / published.PUBLISHED / profile / chapter.stem, provenance)
+        print(f"  {chapter.stem}: results published in {target.relative_to(ROOT)}", flush=True)
+        installed.append(target)
+    return installed
 
 
 def install_mathjax() -> Path:
@@ -196,12 +292,19 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--profile", default="quick", help="parameter profile (default: quick)")
     run.add_argument("--only", nargs="*", help="chapter names (e.g. 06_synthetic or synthetic)")
     run.add_argument("--force", action="store_true", help="re-execute even if up to date")
+    pub = sub.add_parser("publish", help="execute chapters under a heavy profile and publish their results")
+    pub.add_argument("--profile", required=True, help="a heavy profile (full, offline-full, paper)")
+    pub.add_argument("--only", nargs="*", help="chapter names (default: every chapter with that profile)")
     book = sub.add_parser("book", help="execute every chapter and build the HTML book")
     book.add_argument("--profile", default="quick", help="parameter profile (default: quick)")
     args = parser.parse_args(argv)
     try:
         if args.command == "execute":
             execute(args.profile, args.only, args.force)
+        elif args.command == "publish":
+            if args.profile not in known_profiles():
+                raise ValueError(f"--profile must be one of {sorted(known_profiles())}, got {args.profile!r}")
+            publish(args.profile, args.only or [c.stem for c in chapters() if profile_parameters(c, args.profile)])
         else:
             build_book(args.profile)
     except ValueError as error:

@@ -90,7 +90,7 @@ def sparsegpt_prune(
 
     dead = torch.diagonal(H) == 0
     H[dead, dead] = 1.0
-    H += percdamp * torch.diagonal(H).mean() * torch.eye(columns, dtype=H.dtype)
+    H += percdamp * torch.diagonal(H).mean() * torch.eye(columns, dtype=H.dtype, device=H.device)
     Hinv = _upper_cholesky_of_inverse(H)
 
     work = W.to(torch.float64).clone()
@@ -195,7 +195,7 @@ def _keep_above_rank(score: Tensor, count: Tensor) -> Tensor:
     first) and keeps the rest."""
     order = torch.argsort(score, dim=1, stable=True)
     ranks = torch.empty_like(order)
-    ranks.scatter_(1, order, torch.arange(score.shape[1]).expand_as(order).contiguous())
+    ranks.scatter_(1, order, torch.arange(score.shape[1], device=score.device).expand_as(order).contiguous())
     return (ranks >= count[:, None]).to(score.dtype)
 
 

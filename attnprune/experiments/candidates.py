@@ -12,6 +12,7 @@ the logic lives here.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 import pandas as pd
@@ -20,7 +21,7 @@ from transformers import AutoModelForCausalLM
 from transformers.utils import logging as hf_logging
 
 from ..core.checks import check_choice
-from ..llm.evaluate import layer_errors, perplexity
+from ..llm.evaluate import layer_errors, window_nll
 from ..llm.models import qk_modules
 from ..llm.prune import METHODS, PruneConfig, PruneReport, QKWeights, prune_model, qk_overrides
 
@@ -103,24 +104,28 @@ def perplexity_table(
     dense: bool = True,
 ) -> pd.DataFrame:
     """Perplexity of the dense model (``dense=True``; candidate "dense", ρ = 0) and of every
-    pruned candidate on every evaluation set. Rows: candidate, rho, data, perplexity."""
+    pruned candidate on every evaluation set. Rows: candidate, rho, data, perplexity, and the
+    evidence for its noise: ``window_nll`` (the summed NLL of each evaluation window, a list in
+    window order) and ``window_tokens`` (the predicted tokens per window, T − 1), from which
+    :mod:`attnprune.records.noise` resamples windows."""
+    runs = [(DENSE, 0.0, None)] if dense else []
+    runs += [(name, rho, pruned) for (name, rho), pruned in weights.items()]
     rows = []
-    if dense:
-        rows += [
-            {"candidate": DENSE, "rho": 0.0, "data": name, "perplexity": perplexity(model, ids, batch_size=batch_size)}
-            for name, ids in eval_sets.items()
-        ]
-    for (name, rho), pruned in weights.items():
-        rows += [
-            {
-                "candidate": name,
-                "rho": rho,
-                "data": data,
-                "perplexity": perplexity(model, ids, batch_size=batch_size, weights=pruned),
-            }
-            for data, ids in eval_sets.items()
-        ]
-    return pd.DataFrame(rows, columns=["candidate", "rho", "data", "perplexity"])
+    for name, rho, pruned in runs:
+        for data, ids in eval_sets.items():
+            sums = window_nll(model, ids, batch_size=batch_size, weights=pruned)
+            tokens = ids.shape[1] - 1
+            rows.append(
+                {
+                    "candidate": name,
+                    "rho": rho,
+                    "data": data,
+                    "perplexity": math.exp(float(sums.sum()) / (sums.numel() * tokens)),
+                    "window_nll": sums.tolist(),
+                    "window_tokens": tokens,
+                }
+            )
+    return pd.DataFrame(rows, columns=["candidate", "rho", "data", "perplexity", "window_nll", "window_tokens"])
 
 
 def error_table(

@@ -26,22 +26,23 @@ from .prune import QKWeights, layer_problem, qk_overrides
 
 
 @torch.no_grad()
-def negative_log_likelihood(
+def window_nll(
     model: nn.Module,
     input_ids: Tensor,
     *,
     batch_size: int = 1,
     progress: bool = False,
     weights: QKWeights | None = None,
-) -> tuple[float, int]:
-    """The summed token NLL (nats) of ``input_ids`` (N, T) under ``model`` (with ``weights`` in
-    place of its q/k weights if given), and the number of predicted tokens N·(T − 1); each
-    batch's sum is accumulated in float64."""
+) -> Tensor:
+    """The summed token NLL (nats) of each sequence of ``input_ids`` (N, T) under ``model`` (with
+    ``weights`` in place of its q/k weights if given): a float64 tensor (N,), each entry the sum
+    over the T − 1 predicted tokens of its window. Per window, so that a perplexity can be given
+    an uncertainty by resampling windows (:mod:`attnprune.records.noise`)."""
     input_ids = check_input_ids(input_ids, model)  # ids in the vocabulary, T within the context length
     if input_ids.shape[1] < 2:
         raise ValueError(f"input_ids must hold sequences of at least 2 tokens, got shape {tuple(input_ids.shape)}")
     overrides = qk_overrides(model, weights) if weights else {}
-    total, count = 0.0, 0
+    sums = []
     slices = list(batches(input_ids.shape[0], batch_size))
     for rows in tqdm(slices, desc="perplexity", unit="batch", disable=not progress):
         ids = input_ids[rows].to(model_device(model))
@@ -51,10 +52,25 @@ def negative_log_likelihood(
             out = model(ids, use_cache=False)
         logits = out.logits[:, :-1]
         targets = ids[:, 1:]
-        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), reduction="sum")
-        total += float(nll.double())
-        count += targets.numel()
-    return total, count
+        # (B·(T−1), vocab) against (B·(T−1),), then back to (B, T−1) to sum each window
+        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), reduction="none")
+        sums.append(nll.view(targets.shape).double().sum(dim=1).cpu())
+    return torch.cat(sums)
+
+
+def negative_log_likelihood(
+    model: nn.Module,
+    input_ids: Tensor,
+    *,
+    batch_size: int = 1,
+    progress: bool = False,
+    weights: QKWeights | None = None,
+) -> tuple[float, int]:
+    """The summed token NLL (nats) of ``input_ids`` (N, T) under ``model`` (with ``weights`` in
+    place of its q/k weights if given), and the number of predicted tokens N·(T − 1); the sum of
+    :func:`window_nll`, accumulated in float64."""
+    sums = window_nll(model, input_ids, batch_size=batch_size, progress=progress, weights=weights)
+    return float(sums.sum()), sums.numel() * (input_ids.shape[1] - 1)
 
 
 def perplexity(

@@ -9,16 +9,19 @@ ours beats the baselines is judged by :func:`verdict_on_ratios` (the one rule on
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from .compare import beats, halves
+from .published import Shown
 from .results import read_json, write_json
 
 VERDICTS = ("holds", "holds with caveats", "fails")
+NOT_JUDGED = "not judged (smoke test)"
+THIS_BUILD = "computed by the book build"
 
 
 @dataclass(frozen=True)
@@ -29,15 +32,26 @@ class Verdict:
     chapter: str
     evidence: str
     verdict: str
+    source: str = THIS_BUILD
 
     def __post_init__(self) -> None:
-        if self.verdict not in VERDICTS:
+        if self.verdict not in (*VERDICTS, NOT_JUDGED):
             raise ValueError(f"verdict must be one of {VERDICTS}, got {self.verdict!r}")
 
 
-def record(results_dir: str | os.PathLike, chapter: str, verdicts: list[Verdict]) -> Path:
-    """Write a chapter's verdicts to ``<results_dir>/verdicts/<chapter>.json`` (atomically)."""
-    rows = [asdict(v) for v in verdicts]
+def record(results_dir: str | os.PathLike, chapter: str, verdicts: list[Verdict], shown: Shown | None = None) -> Path:
+    """Write a chapter's verdicts to ``<results_dir>/verdicts/<chapter>.json`` (atomically).
+
+    ``shown``: the results they were judged on (:func:`attnprune.records.published.show`); each
+    row names its source, and a smoke test's numbers are never turned into a verdict: their rows
+    say "not judged". Without ``shown``, the verdicts were computed by the book build itself."""
+    rows = []
+    for verdict in verdicts:
+        if shown is not None:
+            judged = NOT_JUDGED if shown.smoke else verdict.verdict
+            stale = " (stale)" if shown.stale else ""
+            verdict = replace(verdict, verdict=judged, source=shown.source + stale)
+        rows.append(asdict(verdict))
     return write_json(Path(results_dir) / "verdicts" / f"{chapter}.json", {"verdicts": rows})
 
 
@@ -45,7 +59,7 @@ def collect(results_dir: str | os.PathLike) -> pd.DataFrame:
     """Every recorded verdict, in chapter order."""
     files = sorted((Path(results_dir) / "verdicts").glob("*.json"))
     rows = [row for path in files for row in read_json(path)["verdicts"]]
-    return pd.DataFrame(rows, columns=["claim", "chapter", "evidence", "verdict"])
+    return pd.DataFrame(rows, columns=["claim", "chapter", "evidence", "verdict", "source"])
 
 
 def collect_other_profiles(results_dir: str | os.PathLike) -> dict[str, pd.DataFrame]:
@@ -65,21 +79,33 @@ def verdict_from(holds: bool, caveat: bool = False) -> str:
     return "holds with caveats" if caveat else "holds"
 
 
+def verdict_on_points(beats, halves) -> str:
+    """The book's one rule for "ours beats the best baseline by a large margin", given, at each
+    point a claim covers (the chapter states which), whether ours beats the best baseline and
+    whether it does so by the large margin, each beyond noise where the values are noisy:
+
+    - "holds" when ours wins by the large margin at every point;
+    - "holds with caveats" when it beats the best baseline at every point, but not by that
+      margin at all of them;
+    - "fails" when at some point it does not beat it (a tie within noise included).
+    """
+    beats, halves = np.asarray(beats, dtype=bool), np.asarray(halves, dtype=bool)
+    if beats.size == 0:
+        raise ValueError("a verdict needs at least one comparison point")
+    if np.all(halves & beats):
+        return "holds"
+    return "holds with caveats" if np.all(beats) else "fails"
+
+
 def verdict_on_ratios(ratios, best=1.0, *, outside=None) -> str:
-    """The book's one rule for "ours beats the best baseline by a large margin", on the set of
-    points a claim covers (the chapter states which):
-
-    - "holds" when ours has at most half the best baseline's value at every point (ratio ≤ 1/2,
-      the paper's "large margin");
-    - "holds with caveats" when it beats the best baseline at every point (ratio < 1) but not by
-      that margin at all of them;
-    - "fails" when at some point a baseline is as good or better (or the ratio is NaN).
-
-    ``ratios``: ours / the best baseline at each point, as :mod:`~attnprune.records.compare`
-    computes them. Where the best baseline's value may be 0 or negative (a perplexity increase),
-    so that no ratio can be formed, pass ours' values as ``ratios`` and the best baseline's as
-    ``best``: the same rule on the values (beats: ours < best; halves: ours ≤ best / 2, best > 0),
-    which is the rule on their ratio wherever best > 0.
+    """:func:`verdict_on_points` on exact ratios (ours / the best baseline, as
+    :mod:`~attnprune.records.compare` computes them): ours beats where the ratio is below 1 and
+    wins by the paper's "large margin" where it is at most 1/2. Where the best baseline's value
+    may be 0 or negative, so that no ratio can be formed, pass ours' values as ``ratios`` and the
+    best baseline's as ``best``: the same rule on the values (beats: ours < best; halves: ours ≤
+    best / 2, best > 0). Noisy values (perplexities) are compared by
+    :func:`attnprune.records.noise.perplexity_comparison`, whose ``beats`` and ``halves`` go to
+    :func:`verdict_on_points` directly.
 
     ``outside``: the ratios at the points a chapter leaves out of the claim's scope (for instance
     the ends of a sweep where the paper's picture does not hold). A claim that holds on its scope
@@ -88,6 +114,7 @@ def verdict_on_ratios(ratios, best=1.0, *, outside=None) -> str:
     """
     if np.size(ratios) == 0:
         raise ValueError("a verdict on ratios needs at least one comparison point")
-    if np.all(halves(ratios, best)):
-        return "holds" if outside is None or np.all(halves(outside)) else "holds with caveats"
-    return "holds with caveats" if np.all(beats(ratios, best)) else "fails"
+    verdict = verdict_on_points(beats(ratios, best), halves(ratios, best))
+    if verdict == "holds" and outside is not None and not np.all(halves(outside)):
+        return "holds with caveats"
+    return verdict
