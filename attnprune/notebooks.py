@@ -76,10 +76,17 @@ def results_dir(profile: str) -> Path:
 
 
 def _stamp(chapter: Path, parameters: dict) -> str:
-    """A hash of what a chapter's output depends on: its source, parameters and the library."""
+    """A hash of what a chapter's output depends on: its source, parameters, and the library
+    modules it uses (:func:`attnprune.records.published.library_modules`, with the modules that
+    only read and judge tables, which it uses too)."""
+    from .records import published
+
     digest = hashlib.sha256(chapter.read_bytes())
     digest.update(repr(sorted(parameters.items())).encode())
-    for source in sorted((ROOT / "attnprune").rglob("*.py")):
+    modules = published.library_modules(chapter_code(chapter))
+    for name, hashed in sorted(published.module_hashes(modules).items()):
+        digest.update(f"{name} {hashed}\n".encode())
+    for source in sorted((ROOT / "attnprune" / "records").glob("*.py")):
         digest.update(source.read_bytes())
     return digest.hexdigest()
 
