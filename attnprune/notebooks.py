@@ -196,7 +196,7 @@ def git_commit(chapter: Path) -> tuple[str, bool]:
 
     try:
         profiles = NOTEBOOKS / "profiles" / f"{chapter.stem}.yml"
-        changed = git("status", "--porcelain", "--", "attnprune", str(chapter), str(profiles))
+        changed = git("status", "--porcelain", "--untracked-files=no", "--", "attnprune", str(chapter), str(profiles))
         return git("rev-parse", "HEAD"), bool(changed)
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not a git checkout)", True
