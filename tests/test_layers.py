@@ -1,4 +1,4 @@
-"""The one-way import rule of the package: core ← llm ← experiments ← cli/notebooks, records a leaf.
+"""The one-way import rule of the package: core ← llm ← structured/experiments ← cli/notebooks, records a leaf.
 
 Read from the source (``ast``), so the rule is checked without importing anything; plus one real
 import of ``attnprune.core`` in a process where transformers and pandas cannot be imported.
@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "attnprune"
-LAYERS = {"core": 0, "records": 0, "llm": 1, "experiments": 2, "cli": 3, "notebooks": 3}
+LAYERS = {"core": 0, "records": 0, "llm": 1, "structured": 1.5, "experiments": 2, "cli": 3, "notebooks": 3}
 """The height of each part: a module may import its own part and any part below it (records is a
-leaf: it imports no other part, and every part may import it)."""
+leaf: it imports no other part, and every part may import it). ``structured`` (Part II) sits above
+``llm`` and below ``experiments``: the experiments may use it, it never uses them."""
 
 
 def _module_name(path: Path) -> str:
