@@ -146,14 +146,14 @@ class Shown:
         """A MyST admonition saying where the results below come from (Markdown)."""
         if self.smoke:
             return (
-                f":::{{warning}} Smoke test: no results of the `{self.profile}` profile\n"
+                f":::{{admonition}} Smoke test: no results of the `{self.profile}` profile\n:class: warning\n\n"
                 f"No published results of the `{self.profile}` profile were found for this chapter, so the "
                 "numbers below are the `quick` profile's: a smoke test of the code, too small to judge by. "
                 "The verdicts are not given. Publish them with\n"
                 f"`python -m attnprune.notebooks publish --profile {self.profile} --only {self.chapter}`.\n:::"
             )
         if not self.provenance.get("commit"):
-            return f":::{{note}} Results of this run\nThis run uses the `{self.profile}` profile.\n:::"
+            return f":::{{admonition}} Results of this run\n:class: note\n\nThis run uses the `{self.profile}` profile.\n:::"
         made = self.provenance
         machine = made.get("machine", {})
         where = ", ".join(str(machine[key]) for key in ("cpu", "cores", "device") if machine.get(key))
@@ -165,11 +165,11 @@ class Shown:
         )
         if self.stale:
             return (
-                f":::{{warning}} Stale results (profile `{self.profile}`)\n{text} Since then these library "
+                f":::{{admonition}} Stale results (profile `{self.profile}`)\n:class: warning\n\n{text} Since then these library "
                 f"modules have changed: {', '.join(f'`{m}`' for m in self.stale)}. The numbers may no longer "
                 f"be what the code computes; rerun the command above to refresh them.\n:::"
             )
-        return f":::{{note}} Results of the `{self.profile}` profile\n{text}\n:::"
+        return f":::{{admonition}} Results of the `{self.profile}` profile\n:class: note\n\n{text}\n:::"
 
 
 def show(chapter: str, profile: str, *, running: str, results_dir: str | os.PathLike, root: str | os.PathLike) -> Shown:
