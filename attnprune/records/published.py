@@ -153,7 +153,8 @@ class Shown:
                 f"`python -m attnprune.notebooks publish --profile {self.profile} --only {self.chapter}`.\n:::"
             )
         if not self.provenance.get("commit"):
-            return f":::{{admonition}} Results of this run\n:class: note\n\nThis run uses the `{self.profile}` profile.\n:::"
+            title = ":::{admonition} Results of this run\n:class: note\n\n"
+            return f"{title}This run uses the `{self.profile}` profile.\n:::"
         made = self.provenance
         machine = made.get("machine", {})
         where = ", ".join(str(machine[key]) for key in ("cpu", "cores", "device") if machine.get(key))
@@ -165,7 +166,8 @@ class Shown:
         )
         if self.stale:
             return (
-                f":::{{admonition}} Stale results (profile `{self.profile}`)\n:class: warning\n\n{text} Since then these library "
+                f":::{{admonition}} Stale results (profile `{self.profile}`)\n:class: warning\n\n"
+                f"{text} Since then these library "
                 f"modules have changed: {', '.join(f'`{m}`' for m in self.stale)}. The numbers may no longer "
                 f"be what the code computes; rerun the command above to refresh them.\n:::"
             )
