@@ -1,19 +1,26 @@
-"""The ``attnprune`` command: prune a model's q_proj/k_proj weights and evaluate perplexity.
+"""The ``attnprune`` command: prune a model (its q_proj/k_proj weights, or whole heads and MLP
+channels) and evaluate perplexity.
 
     attnprune prune --model M --method ours|wanda|sparsegpt|magnitude --sparsity R --calib DATA --out DIR
+    attnprune prune --structured --model M --method numerical|flap|wanda-sp|magnitude|random
+                    --sparsity R [--allocation global|uniform] [--compensation refit|bias|none] --calib DATA --out DIR
     attnprune eval --model DIR --data DATA
 
 ``prune`` loads M, draws the calibration sequences from DATA, prunes the q/k weights of every
 layer (or ``--layers``) at sparsity R, writes an ordinary Hugging Face checkpoint (model and
 tokenizer) to DIR and prints a JSON summary (also saved as DIR/attnprune_summary.json).
-``eval`` prints the perplexity of a model on DATA as JSON. Progress bars go to stderr, the JSON
-summary to stdout. Relative paths are relative to the current directory.
+``prune --structured`` (Part II, arXiv 2412.12441) removes whole attention heads and MLP channels,
+a fraction R of the attention+MLP linear parameters, and writes a physically smaller checkpoint
+(``attnprune.structured.slicing.load_sliced`` reloads it). ``eval`` prints the perplexity of a
+model, dense or sliced, on DATA as JSON. Progress bars go to stderr, the JSON summary to stdout.
+Relative paths are relative to the current directory.
 
 Every argument is checked before anything is loaded, and the model's depth, width and context
 length as soon as its config is read. The checkpoint is written into a hidden folder beside DIR
 (``.DIR.attnprune-partial``) and renamed into place at the end: an interrupted or failed run
 leaves no partial DIR. A non-empty DIR is replaced only with ``--overwrite``. Each finished layer
-is saved there too, so a run killed midway can be continued with ``--resume`` (same arguments).
+is saved there too, so a run killed midway can be continued with ``--resume`` (same arguments;
+not with ``--structured``, which scores all layers from one dense pass).
 An error prints one line, ``attnprune prune: error: ...``, and exits with status 2; Ctrl-C exits
 with status 130.
 """
@@ -40,6 +47,8 @@ from .llm.data import DATASETS, evaluation_sequences, load_texts, token_sequence
 from .llm.models import OFFLINE_MODEL, PAPER_MODEL, load_model
 from .llm.prune import CAPTURES, METHODS, OURS_DEFAULTS, REFIT_DEFAULTS
 from .records.results import versions, write_json
+from .structured.allocation import ALLOCATIONS, GQA_RULES
+from .structured.compensation import COMPENSATIONS
 
 SUMMARY = "attnprune_summary.json"
 CALIB_DATASETS = tuple(name for name in DATASETS if name != "lee")  # Lee is for evaluation only
@@ -48,6 +57,17 @@ MODEL_HELP = (
     f"{OFFLINE_MODEL!r} (SmolLM2-135M-Instruct, offline), a folder written by "
     f"save_pretrained, or a Hugging Face hub id such as {PAPER_MODEL!r}"
 )
+STRUCTURED_METHODS = ("numerical", "flap", "wanda-sp", "magnitude", "random")
+"""The scores ``prune --structured`` accepts as --method (names of ``attnprune.structured.scores.SCORES``;
+its "newton" is the same score as "numerical", reached by the paper's iteration)."""
+STRUCTURED_OPTIONS = {
+    "allocation": "global",
+    "compensation": "refit",
+    "gqa": "query",
+    "min_heads": 1,
+    "min_channels": 1,
+}
+"""The options of ``prune --structured`` only, with their defaults (fields of StructuredConfig)."""
 PARTIAL = ".attnprune-partial"
 """The temporary folder of ``--out DIR`` is ``.DIR.attnprune-partial`` beside it (deterministic, so
 that ``--resume`` finds it): ``resume/`` holds the finished layers, ``model/`` the checkpoint
@@ -93,12 +113,21 @@ def _checked(cast, accept, rule: str):
     return parse
 
 
-_sparsity = _checked(float, lambda v: 0.0 <= v < 1.0, "lie in [0, 1) (the fraction of weights set to zero)")
+_sparsity = _checked(float, lambda v: 0.0 <= v < 1.0, "lie in [0, 1) (the fraction of weights removed)")
 _positive_int = _checked(int, lambda v: v > 0, "be a positive integer")
 _seq_len = _checked(int, lambda v: v >= 2, "be an integer ≥ 2 (tokens per sequence)")
 _seed = _checked(int, lambda v: 0 <= v < 2**63, "be an integer in [0, 2**63)")
 _positive_float = _checked(float, lambda v: v > 0, "be a number > 0")
 _nonnegative_float = _checked(float, lambda v: v >= 0, "be a number ≥ 0")
+
+
+def _method(text: str) -> str:
+    if text not in METHODS + STRUCTURED_METHODS:
+        raise argparse.ArgumentTypeError(
+            f"invalid choice: {text!r} (choose from {', '.join(METHODS)}; "
+            f"with --structured from {', '.join(STRUCTURED_METHODS)})"
+        )
+    return text
 
 
 def _layers(text: str) -> list[int]:
@@ -149,24 +178,30 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="{prune,eval}")
     prune = sub.add_parser(
         "prune",
-        help="prune the q_proj/k_proj weights of a model and save it",
+        help="prune the q_proj/k_proj weights of a model, or (--structured) its heads and MLP channels, and save it",
         description="Prune the q_proj/k_proj weights of every decoder layer at "
-        "sparsity R (exactly round(R·d) zeros per row) and save the model.",
+        "sparsity R (exactly round(R·d) zeros per row) and save the model. With --structured, remove "
+        "whole attention heads and MLP channels instead (a fraction R of the attention+MLP linear "
+        "parameters) and save a physically smaller model; --method then takes the structured scores.",
     )
     prune.add_argument("--model", required=True, type=_text, help=f"the model to prune: {MODEL_HELP}")
     prune.add_argument(
         "--method",
         required=True,
-        choices=METHODS,
-        help="ours: masks fitted to the layer's true attention (projected descent); "
-        "wanda, sparsegpt, magnitude: the linear baselines on the same inputs",
+        type=_method,
+        help=f"without --structured, one of {', '.join(METHODS)}: ours: masks fitted to the layer's true "
+        "attention (projected descent); wanda, sparsegpt, magnitude: the linear baselines on the same "
+        f"inputs. With --structured, one of {', '.join(STRUCTURED_METHODS)}: the score of each head and "
+        "channel: numerical (arXiv 2412.12441, closed form of its Newton step), flap (fluctuation), "
+        "wanda-sp, magnitude (L2 norm of the channel's o_proj/down_proj weights), random (seeded by --seed)",
     )
     prune.add_argument(
         "--sparsity",
         required=True,
         type=_sparsity,
         help="R in [0, 1): the fraction of each q_proj/k_proj weight set to zero "
-        "(at least one weight per row must be kept: round(R·d) < d)",
+        "(at least one weight per row must be kept: round(R·d) < d); with --structured, the fraction "
+        "of the attention+MLP linear parameters removed (the nearest count whole heads and channels reach)",
     )
     prune.add_argument(
         "--calib",
@@ -199,18 +234,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="number of calibration sequences N (default 8, as the paper)",
     )
     prune.add_argument("--seq-len", type=_seq_len, default=512, help="tokens per calibration sequence T (default 512)")
-    prune.add_argument("--seed", type=_seed, default=0, help="seed of the random calibration windows (default 0)")
+    prune.add_argument(
+        "--seed",
+        type=_seed,
+        default=0,
+        help="seed of the random calibration windows, and of --structured --method random (default 0)",
+    )
     prune.add_argument(
         "--layers", type=_layers, default=None, help="comma-separated layer indices to prune (default: all)"
     )
     prune.add_argument(
         "--capture",
         choices=CAPTURES,
-        default="sequential",
+        default=None,
         help="inputs of each layer from the model as pruned so far (sequential, default, "
         "as Wanda and SparseGPT) or from the dense model",
     )
     _ours_options(prune)
+    _structured_options(prune)
     _common(prune)
     evaluate = sub.add_parser(
         "eval",
@@ -290,6 +331,47 @@ def _ours_options(prune: argparse.ArgumentParser) -> None:
     )
 
 
+def _structured_options(prune: argparse.ArgumentParser) -> None:
+    group = prune.add_argument_group(
+        "structured pruning (arXiv 2412.12441)",
+        "Whole heads and MLP channels of every layer, scored from one dense pass on the calibration "
+        "sequences; --layers, --capture, --resume and the options of ours do not apply.",
+    )
+    group.add_argument(
+        "--structured",
+        action="store_true",
+        help="remove whole attention heads and MLP channels (a physically smaller model) instead of "
+        "q/k weights; changes which --method names are valid",
+    )
+    group.add_argument(
+        "--allocation",
+        choices=ALLOCATIONS,
+        default=None,
+        help="global (default): one ranking of all layers' heads and channels, cut at R of the "
+        "parameters; uniform: every layer removes round(R·n) of its heads and channels",
+    )
+    group.add_argument(
+        "--compensation",
+        choices=COMPENSATIONS,
+        default=None,
+        help="what the kept o_proj/down_proj columns get: refit (default: least-squares refit on the "
+        "calibration inputs), bias (FLAP's mean compensation as a bias), none",
+    )
+    group.add_argument(
+        "--gqa",
+        choices=GQA_RULES,
+        default=None,
+        help="grouped-query attention: query (default) removes query heads equally from every KV "
+        "group, KV heads stay; group removes whole KV groups (their query heads and k/v rows)",
+    )
+    group.add_argument(
+        "--min-heads", type=_positive_int, default=None, help="query heads every layer keeps at least (default 1)"
+    )
+    group.add_argument(
+        "--min-channels", type=_positive_int, default=None, help="MLP channels every layer keeps at least (default 1)"
+    )
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", type=_device, help="torch device, e.g. cpu or cuda (default cpu)")
     parser.add_argument("--batch-size", type=_positive_int, default=8, help="sequences per forward pass (default 8)")
@@ -333,7 +415,7 @@ def _check_against_model(args: argparse.Namespace, config) -> None:
     if beyond:
         raise CommandError(f"--layers {beyond}: the model has {depth} layers (indices 0 to {depth - 1})")
     sparsity = getattr(args, "sparsity", None)
-    if sparsity is not None and n_pruned(width, sparsity) >= width:
+    if sparsity is not None and not getattr(args, "structured", False) and n_pruned(width, sparsity) >= width:
         # refused, not warned: every q/k weight zero makes each head's attention uniform, whatever the input
         raise CommandError(
             f"--sparsity {sparsity:g} keeps no weight: round({sparsity:g}·{width}) = {width} zeros in every "
@@ -498,10 +580,71 @@ def _readable(folder: Path) -> None:
 
 
 # -- the commands --------------------------------------------------------------------------------
+def _load(name: str, config, device: str):
+    """A model and its tokenizer: a sliced checkpoint (``structured_layers`` in its config.json)
+    through :func:`attnprune.structured.prune.load_pruned`, any other through ``load_model``."""
+    from .structured.prune import is_sliced, load_pruned
+
+    return (load_pruned if is_sliced(config) else load_model)(name, device=device)
+
+
+def _check_method(args: argparse.Namespace) -> None:
+    """--structured decides which --method names and which options apply."""
+    structured_options = [key for key in STRUCTURED_OPTIONS if getattr(args, key) is not None]
+    if not args.structured:
+        if args.method not in METHODS:
+            raise CommandError(
+                f"--method {args.method!r} is a structured score: add --structured (heads and channels), "
+                f"or prune q/k weights with one of {', '.join(METHODS)}"
+            )
+        if structured_options:
+            flags = ", ".join(f"--{key.replace('_', '-')}" for key in structured_options)
+            raise CommandError(f"{flags} apply to --structured only")
+        return
+    if args.method not in STRUCTURED_METHODS:
+        raise CommandError(
+            f"--method {args.method!r} prunes q/k weights, not heads and channels; with --structured "
+            f"use one of {', '.join(STRUCTURED_METHODS)}"
+        )
+    if args.resume:
+        raise CommandError(
+            "--resume does not apply to --structured: it scores all layers from one dense pass, so there "
+            "are no finished layers to resume from; rerun the command without --resume"
+        )
+    other = [key for key in ("layers", "capture", *OURS_OPTIONS) if getattr(args, key) is not None]
+    if other:
+        flags = ", ".join(f"--{key.replace('_', '-')}" for key in other)
+        raise CommandError(f"{flags} do not apply to --structured (every layer is scored from one dense pass)")
+
+
+STRUCTURED_NAMES = {
+    "allocation='global'": "--allocation global",
+    "ratio": "--sparsity",
+    "score": "--method",
+    "min_heads": "--min-heads",
+    "min_channels": "--min-channels",
+    "allocation": "--allocation",
+    "compensation": "--compensation",
+    "gqa": "--gqa",
+    "batch_size": "--batch-size",
+}
+"""The names of :class:`~attnprune.structured.prune.StructuredConfig` in its errors → the flags."""
+
+
+def _structured_error(error: ValueError) -> CommandError:
+    pattern = "|".join(re.escape(name) for name in STRUCTURED_NAMES)
+    text = re.sub(rf"(?<![\w-])({pattern})(?![\w-])", lambda m: STRUCTURED_NAMES[m[1]], _one_line(error))
+    return CommandError(text)
+
+
 def prune_command(args: argparse.Namespace) -> dict:
     from .llm.models import model_config
     from .llm.prune import PruneConfig
 
+    _check_method(args)
+    if args.structured:
+        return _prune_structured(args)
+    args.capture = args.capture or "sequential"
     options = {key: getattr(args, key) for key in OURS_OPTIONS if getattr(args, key) is not None}
     if options and args.method != "ours":
         flags = ", ".join(f"--{key.replace('_', '-')}" for key in sorted(options))
@@ -516,8 +659,76 @@ def prune_command(args: argparse.Namespace) -> dict:
     out = Output(args.out, overwrite=args.overwrite, resume=args.resume, model=args.model)
     args.output_folder = out
     with _about("--model", args.model, "name_or_path"):
-        _check_against_model(args, model_config(args.model))
+        model_cfg = model_config(args.model)
+        _check_against_model(args, model_cfg)
+    from .structured.prune import is_sliced
+
+    if is_sliced(model_cfg):
+        raise CommandError(
+            f"--model {args.model!r} is a structured-pruned (sliced) checkpoint: q/k pruning needs a dense "
+            "model; prune the dense model, or this one again with --structured"
+        )
     return _prune(args, config, out)
+
+
+def _prune_structured(args: argparse.Namespace) -> dict:
+    """``prune --structured``: check everything, load, prune heads and channels, write the sliced model."""
+    from .llm.models import model_config
+    from .structured.prune import StructuredConfig, check_reachable, layer_shapes_of_config, prune_structured
+
+    options = dict(STRUCTURED_OPTIONS)
+    options |= {key: getattr(args, key) for key in STRUCTURED_OPTIONS if getattr(args, key) is not None}
+    try:
+        config = StructuredConfig(
+            args.sparsity, score=args.method, seed=args.seed, batch_size=args.batch_size, **options
+        )
+    except ValueError as error:
+        raise _structured_error(error) from error
+    out = Output(args.out, overwrite=args.overwrite, resume=False, model=args.model)
+    args.output_folder = out
+    with _about("--model", args.model, "name_or_path", "model"):
+        model_cfg = model_config(args.model)
+        _check_against_model(args, model_cfg)
+        shapes = layer_shapes_of_config(model_cfg)
+    try:
+        check_reachable(shapes, config)  # a ratio that would empty a layer, from the sizes alone
+    except ValueError as error:
+        raise _structured_error(error) from error
+    with _about("--calib", args.calib, "name"):
+        texts = load_texts(args.calib, "calibration")
+    with _about("--model", args.model, "name_or_path", "model"):
+        model, tokenizer = _load(args.model, model_cfg, args.device)
+    with _about("--calib", args.calib):
+        calib = token_sequences(tokenizer, texts, args.n_calibration, args.seq_len, seed=args.seed)
+    _check_vocabulary(args, model, calib)
+    sliced, report = prune_structured(model, calib, config)
+    del model
+    details = report.to_dict()
+    settings = details.pop("config")
+    summary = {
+        "command": "prune",
+        "structured": True,
+        "model": args.model,
+        "method": settings.pop("score"),
+        "sparsity": settings.pop("ratio"),
+        "options": settings,
+        "calib": args.calib,
+        "seed": settings.pop("seed"),
+        "out": args.out,
+        **details,
+        "versions": versions(),
+    }
+    out.commit(sliced, tokenizer, summary, progress=not args.no_progress)
+    return summary
+
+
+def _check_vocabulary(args: argparse.Namespace, model, calib: torch.Tensor) -> None:
+    vocabulary = model.get_input_embeddings().num_embeddings
+    if int(calib.max()) >= vocabulary:
+        raise CommandError(
+            f"--model {args.model!r}: its tokenizer gives token ids up to {int(calib.max())}, "
+            f"beyond the model's vocabulary of {vocabulary}: the tokenizer is not this model's"
+        )
 
 
 def _prune(args: argparse.Namespace, config, out: Output) -> dict:
@@ -537,12 +748,7 @@ def _prune(args: argparse.Namespace, config, out: Output) -> dict:
         model, tokenizer = load_model(args.model, device=args.device)
     with _about("--calib", args.calib):
         calib = token_sequences(tokenizer, texts, args.n_calibration, args.seq_len, seed=args.seed)
-    vocabulary = model.get_input_embeddings().num_embeddings
-    if int(calib.max()) >= vocabulary:
-        raise CommandError(
-            f"--model {args.model!r}: its tokenizer gives token ids up to {int(calib.max())}, "
-            f"beyond the model's vocabulary of {vocabulary}: the tokenizer is not this model's"
-        )
+    _check_vocabulary(args, model, calib)
     run["calibration_sha256"] = hashlib.sha256(calib.numpy().tobytes()).hexdigest()
     out.check_run(run, record_it=True)
     done = out.finished_layers(args.device) if args.resume else {}
@@ -567,6 +773,7 @@ def _prune(args: argparse.Namespace, config, out: Output) -> dict:
 def eval_command(args: argparse.Namespace) -> dict:
     from .llm.evaluate import perplexity
     from .llm.models import model_config
+    from .structured.prune import is_sliced
 
     if args.summary is not None:
         summary_path = Path(args.summary).expanduser()
@@ -574,11 +781,12 @@ def eval_command(args: argparse.Namespace) -> dict:
             raise CommandError(f"--summary {args.summary!r} is a folder; name a .json file")
         _check_writable("--summary", summary_path)
     with _about("--model", args.model, "name_or_path"):
-        _check_against_model(args, model_config(args.model))
+        model_cfg = model_config(args.model)
+        _check_against_model(args, model_cfg)
     with _about("--data", args.data, "name", split="--split"):
         texts = load_texts(args.data, args.split)
     with _about("--model", args.model, "name_or_path"):
-        model, tokenizer = load_model(args.model, device=args.device)
+        model, tokenizer = _load(args.model, model_cfg, args.device)
     with _about("--data", args.data):
         ids = evaluation_sequences(tokenizer, texts, args.seq_len, args.max_sequences)
     start = time.perf_counter()
@@ -593,6 +801,8 @@ def eval_command(args: argparse.Namespace) -> dict:
         "seq_len": args.seq_len,
         "n_sequences": int(ids.shape[0]),
         "perplexity": ppl,
+        "structured": is_sliced(model_cfg),
+        "parameters": sum(p.numel() for p in model.parameters()),
         "seconds": seconds,
         "tokens_per_second": ids.numel() / seconds,
         "versions": versions(),

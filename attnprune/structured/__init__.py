@@ -11,6 +11,8 @@ The contract is ``../shared/spec/numerical-pruning.md``. Modules, in the order a
 - :mod:`~attnprune.structured.compensation`  the least-squares refit of the kept input columns, its
   Lagrangian form, FLAP's bias compensation
 - :mod:`~attnprune.structured.slicing`       a physically smaller model that saves and reloads
+- :mod:`~attnprune.structured.prune`         the five steps from one typed config (``prune_structured``),
+  checks from config.json alone, loading a sliced checkpoint with its tokenizer (``load_pruned``)
 
 Imports go one way: this package uses :mod:`attnprune.core` and :mod:`attnprune.llm`, never the reverse.
 """
