@@ -188,15 +188,15 @@ def chapter_code(chapter: Path) -> str:
     return "\n".join(lines)
 
 
-def git_commit(chapter: Path) -> tuple[str, bool]:
-    """The checked-out commit and whether the library, ``chapter`` or its profiles differ from it."""
+def git_commit(paths: list[Path]) -> tuple[str, bool]:
+    """The checked-out commit and whether any of ``paths`` (a chapter, its profiles and the library
+    modules it uses) differs from it."""
 
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
 
     try:
-        profiles = NOTEBOOKS / "profiles" / f"{chapter.stem}.yml"
-        changed = git("status", "--porcelain", "--untracked-files=no", "--", "attnprune", str(chapter), str(profiles))
+        changed = git("status", "--porcelain", "--untracked-files=no", "--", *map(str, paths))
         return git("rev-parse", "HEAD"), bool(changed)
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not a git checkout)", True
@@ -217,7 +217,7 @@ def machine() -> dict:
         "cpu": cpu,
         "architecture": platform.machine(),
         "cores": f"{os.cpu_count()} cores",
-        "torch_threads": torch.get_num_threads(),
+        "default_torch_threads": torch.get_num_threads(),  # a chapter may set its own (its `threads`)
         "system": platform.platform(),
     }
 
@@ -240,8 +240,10 @@ def publish(profile: str, only: list[str] | None = None) -> list[Path]:
         if not source.is_dir():
             raise ChapterFailed(f"chapter {chapter.stem} wrote no results folder {source.relative_to(ROOT)}")
         finished = datetime.now(UTC)
-        commit, dirty = git_commit(chapter)
-        hashes = published.module_hashes(published.library_modules(chapter_code(chapter)))
+        modules = published.library_modules(chapter_code(chapter))
+        hashes = published.module_hashes(modules)
+        used = [published.module_file(name) for name in modules]
+        commit, dirty = git_commit([chapter, NOTEBOOKS / "profiles" / f"{chapter.stem}.yml", *filter(None, used)])
         provenance = {
             "command": f"python -m attnprune.notebooks publish --profile {profile} --only {chapter.stem}",
             "profile": profile,
