@@ -88,7 +88,20 @@ def _stamp(chapter: Path, parameters: dict) -> str:
         digest.update(f"{name} {hashed}\n".encode())
     for source in sorted((ROOT / "attnprune" / "records").glob("*.py")):
         digest.update(source.read_bytes())
+    for source in _inputs(chapter, parameters):
+        digest.update(f"{source.relative_to(ROOT)}\n".encode() + source.read_bytes())
     return digest.hexdigest()
+
+
+def _inputs(chapter: Path, parameters: dict) -> list[Path]:
+    """The files a chapter reads besides its code: its published results (``results/*/<chapter>``)
+    and, for the page that collects every chapter's verdicts, those verdicts."""
+    from .records.published import PUBLISHED
+
+    files = sorted(path for path in (ROOT / PUBLISHED).glob(f"*/{chapter.stem}/*") if path.is_file())
+    if "collect(" in chapter_code(chapter):
+        files += sorted((ROOT / parameters["results_dir"] / "verdicts").glob("*.json"))
+    return files
 
 
 def _up_to_date(output: Path, stamp: str) -> bool:
@@ -235,15 +248,15 @@ def publish(profile: str, only: list[str] | None = None) -> list[Path]:
     installed = []
     for chapter in _selected(only):
         started = datetime.now(UTC)
+        modules = published.library_modules(chapter_code(chapter))
+        used = [published.module_file(name) for name in modules]
+        commit, dirty = git_commit([chapter, NOTEBOOKS / "profiles" / f"{chapter.stem}.yml", *filter(None, used)])
+        hashes = published.module_hashes(modules)  # the code that runs: read before the run, not after
         execute_chapter(chapter, profile, force=True)
         source = results_dir(profile) / chapter.stem
         if not source.is_dir():
             raise ChapterFailed(f"chapter {chapter.stem} wrote no results folder {source.relative_to(ROOT)}")
         finished = datetime.now(UTC)
-        modules = published.library_modules(chapter_code(chapter))
-        hashes = published.module_hashes(modules)
-        used = [published.module_file(name) for name in modules]
-        commit, dirty = git_commit([chapter, NOTEBOOKS / "profiles" / f"{chapter.stem}.yml", *filter(None, used)])
         provenance = {
             "command": f"python -m attnprune.notebooks publish --profile {profile} --only {chapter.stem}",
             "profile": profile,
