@@ -54,11 +54,7 @@ RAW_TEX = [
     (re.compile(r"\$[^$\n]{0,200}?\\[A-Za-z]+[^$\n]{0,200}?\$"), "inline math $…$ not typeset"),
     (re.compile(r"\\[A-Za-z]{2,}"), "TeX command"),
 ]
-MATH_ERRORS = [
-    re.compile(r"Math input error", re.I),
-    re.compile(r"Undefined control sequence", re.I),
-    re.compile(r"Misplaced|Missing (?:open|close) brace|Extra close brace", re.I),
-]
+MATH_ERRORS = [re.compile(r"Math input error"), re.compile(r"Undefined control sequence")]  # MathJax's words
 UNRESOLVED_ROLE = re.compile(
     r"\{(?:cite(?::[a-z]+)?|eq|ref|numref|doc|prf:ref|math|term|download|footcite(?::[a-z]+)?)\}`?"
 )
@@ -324,8 +320,8 @@ def check_build_paths(text: Text, repo_root: str | None = None) -> list[Problem]
             found = [needle for needle in dict.fromkeys(needles) if needle in line]
             found += ["_build/"] if build_dir_too and "_build/" in line else []
             if found:
-                first = min(line.index(needle) for needle in found)
-                where = _snippet(line, first, first + len(found[0]))
+                spans = [(line.index(needle), line.index(needle) + len(needle)) for needle in found]
+                where = _snippet(line, min(start for start, _ in spans), max(end for _, end in spans))
                 markers = ", ".join(repr(needle) for needle in found)
                 problems.append(Problem("build-path", f"{markers} in “{where}”"))
     return _unique(problems)

@@ -208,4 +208,7 @@ def test_page(page, site_url, browser):
     finally:
         tab.close()
     problems = list(dict.fromkeys(problems))
-    assert not problems, f"{page}: {len(problems)} problem(s)\n" + "\n".join(f"{page}: {p}" for p in problems)
+    if problems:
+        pytest.fail(
+            f"{page}: {len(problems)} problem(s)\n" + "\n".join(f"{page}: {p}" for p in problems), pytrace=False
+        )
