@@ -5,6 +5,7 @@ channels) and evaluate perplexity.
     attnprune prune --structured --model M --method numerical|flap|wanda-sp|magnitude|random
                     --sparsity R [--allocation global|uniform] [--compensation refit|bias|none] --calib DATA --out DIR
     attnprune eval --model DIR --data DATA
+    attnprune speed FOLDER [FOLDER ...] [--prompt-len 512] [--new-tokens 128] [--repeats 3] [--threads N] [--json OUT]
 
 ``prune`` loads M, draws the calibration sequences from DATA, prunes the q/k weights of every
 layer (or ``--layers``) at sparsity R, writes an ordinary Hugging Face checkpoint (model and
@@ -13,6 +14,9 @@ tokenizer) to DIR and prints a JSON summary (also saved as DIR/attnprune_summary
 a fraction R of the attention+MLP linear parameters, and writes a physically smaller checkpoint
 (``attnprune.structured.slicing.load_sliced`` reloads it). ``eval`` prints the perplexity of a
 model, dense or sliced, on DATA as JSON. Progress bars go to stderr, the JSON summary to stdout.
+``speed`` measures each checkpoint folder (dense or sliced) in a fresh process: prefill and decode
+tokens/s on the CPU, bytes on disk, peak memory; it prints a table with the decode speedup over the
+first folder and its bound (the ratio of parameter counts), and writes JSON with ``--json``.
 Relative paths are relative to the current directory.
 
 Every argument is checked before anything is loaded, and the model's depth, width and context
@@ -175,7 +179,7 @@ def _device(text: str) -> str:
 # -- the parser ----------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="attnprune", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{prune,eval}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{prune,eval,speed}")
     prune = sub.add_parser(
         "prune",
         help="prune the q_proj/k_proj weights of a model, or (--structured) its heads and MLP channels, and save it",
@@ -277,7 +281,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--summary", default=None, type=_text, help="also write the JSON summary to this file")
     _common(evaluate)
+    _speed_parser(sub)
     return parser
+
+
+def _speed_parser(sub) -> None:
+    speed = sub.add_parser(
+        "speed",
+        help="prefill and decode speed, size and peak memory of checkpoints",
+        description="Measure each checkpoint folder (dense, or sliced by prune --structured) in a fresh "
+        "process on the CPU, batch 1: prefill tokens/s of one forward pass over a prompt, decode tokens/s of "
+        "greedy generation with the KV cache after a 32-token prompt (a step then costs about reading the "
+        "weights), bytes of its *.safetensors and the process's peak memory. Prints one row per model with "
+        "the decode speedup over the first folder and its bound, the ratio of parameter counts.",
+    )
+    speed.add_argument(
+        "folders",
+        nargs="+",
+        type=_text,
+        metavar="FOLDER",
+        help=f"checkpoint folders (or {OFFLINE_MODEL!r}, the offline model); the first is the reference",
+    )
+    speed.add_argument("--prompt-len", type=_positive_int, default=512, help="prefill prompt tokens (default 512)")
+    speed.add_argument("--new-tokens", type=_positive_int, default=128, help="tokens decoded (default 128)")
+    speed.add_argument("--repeats", type=_positive_int, default=3, help="timed runs per speed, median (default 3)")
+    speed.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's)")
+    speed.add_argument(
+        "--json", dest="json_out", metavar="OUT", default=None, type=_text, help="also write the results as JSON"
+    )
 
 
 def _ours_options(prune: argparse.ArgumentParser) -> None:
@@ -770,16 +801,24 @@ def _prune(args: argparse.Namespace, config, out: Output) -> dict:
     return summary
 
 
+def _json_target(flag: str, value: str | None) -> Path | None:
+    """The path of a JSON file the command will write (None if ``value`` is None), checked now:
+    not a folder, and writable."""
+    if value is None:
+        return None
+    path = Path(value).expanduser()
+    if path.is_dir():
+        raise CommandError(f"{flag} {value!r} is a folder; name a .json file")
+    _check_writable(flag, path)
+    return path
+
+
 def eval_command(args: argparse.Namespace) -> dict:
     from .llm.evaluate import perplexity
     from .llm.models import model_config
     from .structured.prune import is_sliced
 
-    if args.summary is not None:
-        summary_path = Path(args.summary).expanduser()
-        if summary_path.is_dir():
-            raise CommandError(f"--summary {args.summary!r} is a folder; name a .json file")
-        _check_writable("--summary", summary_path)
+    summary_path = _json_target("--summary", args.summary)
     with _about("--model", args.model, "name_or_path"):
         model_cfg = model_config(args.model)
         _check_against_model(args, model_cfg)
@@ -812,10 +851,62 @@ def eval_command(args: argparse.Namespace) -> dict:
     return summary
 
 
+def speed_command(args: argparse.Namespace) -> None:
+    """``speed``: check every folder, then measure each in its own process, one table row at a time."""
+    from .llm.speed import decode_bound
+    from .structured.speed import check_folder, measure_checkpoint
+
+    json_path = _json_target("--json", args.json_out)
+    for folder in args.folders:
+        with _about("FOLDER", folder, "folder"):
+            check_folder(folder)
+    print(SPEED_HEADER, flush=True)
+    rows = []
+    for folder in args.folders:
+        try:
+            report = measure_checkpoint(
+                folder,
+                prompt_len=args.prompt_len,
+                new_tokens=args.new_tokens,
+                repeats=args.repeats,
+                threads=args.threads,
+            )
+        except (ValueError, RuntimeError) as error:
+            raise CommandError(f"FOLDER {_one_line(error).removeprefix('folder ')}") from error
+        first = rows[0] if rows else report.to_dict()
+        row = {"folder": folder, **report.to_dict()}
+        row["prefill_speedup"] = report.prefill_tokens_per_s / first["prefill_tokens_per_s"]
+        row["decode_speedup"] = report.decode_tokens_per_s / first["decode_tokens_per_s"]
+        row["decode_bound"] = decode_bound(first["parameters"], report.parameters)
+        rows.append(row)
+        print(_speed_row(row), flush=True)
+    if args.json_out is not None:
+        settings = {"prompt_len": args.prompt_len, "new_tokens": args.new_tokens, "repeats": args.repeats}
+        write_json(json_path, {"command": "speed", **settings, "models": rows, "versions": versions()})
+
+
+SPEED_HEADER = (
+    "| model | parameters | disk MB | peak MB | prefill tok/s | decode tok/s | decode speedup | bound | speedup/bound |"
+    "\n|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def _speed_row(row: dict) -> str:
+    megabytes = [f"{row[key] / 1e6:.1f}" for key in ("bytes_on_disk", "peak_memory_bytes")]
+    speeds = f"{row['prefill_tokens_per_s']:.1f} | {row['decode_tokens_per_s']:.1f}"
+    ratios = (
+        f"{row['decode_speedup']:.2f} | {row['decode_bound']:.2f} | {row['decode_speedup'] / row['decode_bound']:.2f}"
+    )
+    return f"| {row['folder']} | {row['parameters']:,} | {' | '.join(megabytes)} | {speeds} | {ratios} |"
+
+
+COMMANDS = {"prune": prune_command, "eval": eval_command, "speed": speed_command}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    command = prune_command if args.command == "prune" else eval_command
+    command = COMMANDS[args.command]
     prog = f"attnprune {args.command}"
     try:
         with torch.no_grad() if args.command == "eval" else contextlib.nullcontext():
@@ -829,8 +920,9 @@ def main(argv: list[str] | None = None) -> int:
     except BaseException:
         _discard(args)
         raise
-    json.dump(summary, sys.stdout, indent=2, default=str)
-    sys.stdout.write("\n")
+    if summary is not None:  # speed prints its table as it goes
+        json.dump(summary, sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
     return 0
 
 

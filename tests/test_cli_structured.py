@@ -10,38 +10,16 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from attnprune import cli
 from attnprune.structured import prune as structured_prune
 from attnprune.structured.slicing import CONFIG_KEY, load_sliced
 
 
-def _mini():
-    """A small Llama (width 64, 2 layers, 4 query heads sharing 2 KV heads, MLP width 128) with the
-    Llama 3 vocabulary, so that the real tokenizer fits it."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        vocab_size=128256,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        tie_word_embeddings=True,
-        bos_token_id=128000,
-        eos_token_id=128001,
-    )
-    torch.manual_seed(0)
-    return LlamaForCausalLM(config).eval()
-
-
 @pytest.fixture(scope="module")
-def paths(llama3_tokenizer, tmp_path_factory, random_text) -> dict[str, str]:
+def paths(small_llama, llama3_tokenizer, tmp_path_factory, random_text) -> dict[str, str]:
     base = tmp_path_factory.mktemp("structured")
-    _mini().save_pretrained(base / "mini")
+    small_llama(vocab_size=128256).save_pretrained(base / "mini")  # fits the Llama 3 tokenizer
     llama3_tokenizer.save_pretrained(base / "mini")
     (base / "calib.txt").write_text(random_text(1500), encoding="utf-8")
     (base / "gpt2").mkdir()

@@ -8,4 +8,5 @@
 - :mod:`~attnprune.llm.qk_objective`  the layer's true attention objective (RoPE, GQA, 1/√k) and its fit
 - :mod:`~attnprune.llm.prune`         prune a whole model's q/k weights
 - :mod:`~attnprune.llm.evaluate`      perplexity, per-layer attention error
+- :mod:`~attnprune.llm.speed`         prefill and decode tokens/s, the decode bound, peak memory
 """

@@ -13,6 +13,8 @@ The contract is ``../shared/spec/numerical-pruning.md``. Modules, in the order a
 - :mod:`~attnprune.structured.slicing`       a physically smaller model that saves and reloads
 - :mod:`~attnprune.structured.prune`         the five steps from one typed config (``prune_structured``),
   checks from config.json alone, loading a sliced checkpoint with its tokenizer (``load_pruned``)
+- :mod:`~attnprune.structured.speed`         speed and peak memory of a checkpoint, dense or sliced, each in
+  a fresh process (``measure_checkpoint``)
 
 Imports go one way: this package uses :mod:`attnprune.core` and :mod:`attnprune.llm`, never the reverse.
 """

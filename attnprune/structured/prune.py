@@ -26,7 +26,7 @@ from .compensation import COMPENSATIONS, compensate_model
 from .layers import LayerShape, layer_shapes
 from .scores import LayerScores, ScoreOptions, score_model
 from .slicing import CONFIG_KEY, SlicedLlamaForCausalLM, load_sliced, slice_model
-from .stats import capture_layer_stats
+from .stats import LayerStats, capture_layer_stats
 
 
 @dataclass(frozen=True)
@@ -148,13 +148,38 @@ def prune_structured(
     compensation, slicing. Returns a new, smaller model and its report; ``model`` is not changed."""
     if not isinstance(config, StructuredConfig):
         raise ValueError(f"config must be a StructuredConfig, got {type(config).__name__}")
-    shapes = layer_shapes(model)  # refuses a model that is not Llama-like, before the forward passes
-    seconds = {}
+    layer_shapes(model)  # refuses a model that is not Llama-like, before the forward passes
     start = time.perf_counter()
     stats = capture_layer_stats(model, calib_ids, batch_size=config.batch_size)
-    seconds["statistics"] = time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    return prune_from_stats(model, stats, config, calib_shape=tuple(calib_ids.shape), statistics_seconds=seconds)
+
+
+@torch.no_grad()
+def prune_from_stats(
+    model: nn.Module,
+    stats: list[LayerStats],
+    config: StructuredConfig,
+    *,
+    calib_shape: tuple[int, int],
+    statistics_seconds: float = 0.0,
+    scores: list[LayerScores] | None = None,
+) -> tuple[SlicedLlamaForCausalLM, StructuredReport]:
+    """:func:`prune_structured` from statistics already captured (``capture_layer_stats`` on
+    calibration ids of shape ``calib_shape`` = (N, T)): scores, allocation, compensation, slicing.
+    One capture serves every score, ratio and compensation compared on the same calibration data;
+    ``scores``, if given, are those :func:`score_model` gives for ``config.score`` and
+    ``config.score_options`` on these statistics (computed once for several compensations or
+    allocations; their seconds are then not counted here)."""
+    if not isinstance(config, StructuredConfig):
+        raise ValueError(f"config must be a StructuredConfig, got {type(config).__name__}")
+    shapes = layer_shapes(model)
+    if len(stats) != len(shapes):
+        raise ValueError(f"stats must hold one LayerStats per layer ({len(shapes)}), got {len(stats)}")
+    seconds = {"statistics": statistics_seconds}
     start = time.perf_counter()
-    scores = score_model(model, stats, config.score, config.score_options)
+    if scores is None:
+        scores = score_model(model, stats, config.score, config.score_options)
     seconds["scores"] = time.perf_counter() - start
     start = time.perf_counter()
     allocation = allocate(scores, shapes, config.allocation_config)
@@ -182,8 +207,8 @@ def prune_structured(
     ]
     report = StructuredReport(
         config=config,
-        n_calibration=int(calib_ids.shape[0]),
-        seq_len=int(calib_ids.shape[1]),
+        n_calibration=int(calib_shape[0]),
+        seq_len=int(calib_shape[1]),
         parameters_before=parameter_count(model),
         parameters_after=parameter_count(sliced),
         linear_parameters=allocation.total_params,

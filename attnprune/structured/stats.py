@@ -73,6 +73,10 @@ class LayerStats:
     attention: InputStats
     mlp: InputStats
 
+    def __add__(self, other: LayerStats) -> LayerStats:
+        """The statistics of the two sets of calibration sequences together."""
+        return LayerStats(self.attention + other.attention, self.mlp + other.mlp)
+
 
 class _Accumulator:
     """Sums the statistics of what a forward pre-hook sees, one batch at a time."""
