@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
+from ..llm.assets import quiet_loading
 from ..structured.allocation import ALLOCATIONS
 from ..structured.compensation import COMPENSATIONS
 from ..structured.prune import StructuredConfig, StructuredReport, prune_from_stats
@@ -178,14 +179,14 @@ def save_checkpoints(
     written = {}
     for ratio in sorted(set(ratios)):
         target = folder / f"rho-{ratio:g}"
-        if ratio == 0:
-            model.save_pretrained(target)
-        else:
-            sliced, _ = prune_from_stats(model, stats, recipe.config(ratio, **options), calib_shape=calib_shape)
-            sliced.save_pretrained(target)
-            del sliced
+        pruned = model
+        if ratio != 0:
+            pruned, _ = prune_from_stats(model, stats, recipe.config(ratio, **options), calib_shape=calib_shape)
+        with quiet_loading():  # no progress bars: a chapter's output must repeat exactly
+            pruned.save_pretrained(target)
         tokenizer.save_pretrained(target)
         written[ratio] = target
+        del pruned
     return written
 
 

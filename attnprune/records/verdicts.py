@@ -39,19 +39,22 @@ class Verdict:
             raise ValueError(f"verdict must be one of {VERDICTS}, got {self.verdict!r}")
 
 
-def record(results_dir: str | os.PathLike, chapter: str, verdicts: list[Verdict], shown: Shown | None = None) -> Path:
-    """Write a chapter's verdicts to ``<results_dir>/verdicts/<chapter>.json`` (atomically).
+def judged(verdicts: list[Verdict], shown: Shown | None = None) -> list[Verdict]:
+    """The verdicts as the book gives them: each names the results it was judged on (``shown``,
+    from :func:`attnprune.records.published.show`; "stale" if they are), and a smoke test's numbers
+    are never turned into a verdict: their rows say "not judged". Without ``shown``, the verdicts
+    were computed by the book build itself and are returned as they are."""
+    if shown is None:
+        return list(verdicts)
+    stale = " (stale)" if shown.stale else ""
+    verdict = NOT_JUDGED if shown.smoke else None
+    return [replace(v, verdict=verdict or v.verdict, source=shown.source + stale) for v in verdicts]
 
-    ``shown``: the results they were judged on (:func:`attnprune.records.published.show`); each
-    row names its source, and a smoke test's numbers are never turned into a verdict: their rows
-    say "not judged". Without ``shown``, the verdicts were computed by the book build itself."""
-    rows = []
-    for verdict in verdicts:
-        if shown is not None:
-            judged = NOT_JUDGED if shown.smoke else verdict.verdict
-            stale = " (stale)" if shown.stale else ""
-            verdict = replace(verdict, verdict=judged, source=shown.source + stale)
-        rows.append(asdict(verdict))
+
+def record(results_dir: str | os.PathLike, chapter: str, verdicts: list[Verdict], shown: Shown | None = None) -> Path:
+    """Write a chapter's verdicts, as :func:`judged` gives them, to
+    ``<results_dir>/verdicts/<chapter>.json`` (atomically)."""
+    rows = [asdict(verdict) for verdict in judged(verdicts, shown)]
     return write_json(Path(results_dir) / "verdicts" / f"{chapter}.json", {"verdicts": rows})
 
 

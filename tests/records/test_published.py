@@ -90,3 +90,12 @@ def test_every_published_folder_has_complete_provenance(folder):
     assert provenance["profile"] == folder.parent.name
     assert provenance["library"]["hash"] == published.library_hash(provenance["library"]["modules"])
     assert any(path.suffix == ".json" and path.name != published.PROVENANCE for path in folder.iterdir())
+
+
+def test_judged_gives_the_verdicts_as_recorded(tmp_path):
+    from attnprune.records.verdicts import judged
+
+    verdict = Verdict("a claim", "03_lipschitz", "evidence", "fails")
+    smoke = published.show("03_lipschitz", "full", running="quick", results_dir=tmp_path / "quick", root=tmp_path)
+    assert [v.verdict for v in judged([verdict], smoke)] == [NOT_JUDGED]
+    assert judged([verdict]) == [verdict]  # computed by the book build itself
