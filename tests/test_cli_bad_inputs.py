@@ -347,7 +347,16 @@ def _start(argv: list[str], pause_at: str) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_interruptible,
     )
+
+
+def _interruptible() -> None:
+    """In the child, before exec: SIGINT back to its default, so that Python turns it into
+    KeyboardInterrupt. A shell without job control starts background jobs (a CI run started with
+    ``&``) with SIGINT ignored, the children inherit that, and Python keeps an ignored SIGINT
+    ignored: the command would sleep through the test's Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _wait_for_pause(process: subprocess.Popen, point: str) -> None:

@@ -21,6 +21,7 @@ from .results import read_json, write_json
 
 VERDICTS = ("holds", "holds with caveats", "fails")
 NOT_JUDGED = "not judged (smoke test)"
+SMOKE_EVIDENCE = "the chapter's heavy run is not published; its smoke-test numbers are not evidence"
 THIS_BUILD = "computed by the book build"
 
 
@@ -42,13 +43,15 @@ class Verdict:
 def judged(verdicts: list[Verdict], shown: Shown | None = None) -> list[Verdict]:
     """The verdicts as the book gives them: each names the results it was judged on (``shown``,
     from :func:`attnprune.records.published.show`; "stale" if they are), and a smoke test's numbers
-    are never turned into a verdict: their rows say "not judged". Without ``shown``, the verdicts
-    were computed by the book build itself and are returned as they are."""
+    are never turned into a verdict nor given as evidence: their rows say "not judged" (a smoke
+    test's timings also differ from run to run). Without ``shown``, the verdicts were computed by
+    the book build itself and are returned as they are."""
     if shown is None:
         return list(verdicts)
     stale = " (stale)" if shown.stale else ""
-    verdict = NOT_JUDGED if shown.smoke else None
-    return [replace(v, verdict=verdict or v.verdict, source=shown.source + stale) for v in verdicts]
+    if shown.smoke:
+        return [replace(v, verdict=NOT_JUDGED, evidence=SMOKE_EVIDENCE, source=shown.source) for v in verdicts]
+    return [replace(v, source=shown.source + stale) for v in verdicts]
 
 
 def record(results_dir: str | os.PathLike, chapter: str, verdicts: list[Verdict], shown: Shown | None = None) -> Path:

@@ -93,9 +93,9 @@ def test_every_published_folder_has_complete_provenance(folder):
 
 
 def test_judged_gives_the_verdicts_as_recorded(tmp_path):
-    from attnprune.records.verdicts import judged
+    from attnprune.records.verdicts import SMOKE_EVIDENCE, judged
 
     verdict = Verdict("a claim", "03_lipschitz", "evidence", "fails")
     smoke = published.show("03_lipschitz", "full", running="quick", results_dir=tmp_path / "quick", root=tmp_path)
-    assert [v.verdict for v in judged([verdict], smoke)] == [NOT_JUDGED]
+    assert [(v.verdict, v.evidence) for v in judged([verdict], smoke)] == [(NOT_JUDGED, SMOKE_EVIDENCE)]
     assert judged([verdict]) == [verdict]  # computed by the book build itself
