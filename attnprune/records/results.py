@@ -67,11 +67,21 @@ def read_json(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def write_table(path: str | os.PathLike, rows: pd.DataFrame, meta: dict[str, Any]) -> Path:
-    """Atomically write a chapter's results table as JSON: ``{"meta": provenance, "rows": [...]}``."""
-    return write_json(path, {"meta": meta, "rows": rows.to_dict(orient="records")})
+    """Atomically write a chapter's results table as JSON: ``{"meta": provenance, "columns": [...],
+    "rows": [[...], ...]}``, the provenance indented and one compact line per row (the column names
+    once, not in every row: a table of many rows stays small)."""
+    table = rows.to_dict(orient="split", index=False)
+    lines = [json.dumps(row, default=str, separators=(",", ":")) for row in table["data"]]
+    text = (
+        f'{{\n"meta": {json.dumps(meta, indent=2, default=str)},\n'
+        f'"columns": {json.dumps(table["columns"])},\n'
+        f'"rows": [\n' + ",\n".join(lines) + "\n]}\n"
+    )
+    return write_atomic(path, text)
 
 
 def read_table(path: str | os.PathLike) -> tuple[pd.DataFrame, dict[str, Any]]:
     """The rows and the provenance of a table written by :func:`write_table`."""
     payload = read_json(path)
-    return pd.DataFrame(payload["rows"]), payload["meta"]
+    columns = payload.get("columns")  # absent in the tables written before rows were lists
+    return pd.DataFrame(payload["rows"], columns=columns), payload["meta"]

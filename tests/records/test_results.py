@@ -44,3 +44,14 @@ def test_tables_round_trip_with_their_provenance(tmp_path):
     pd.testing.assert_frame_equal(back, rows)
     assert back_meta["profile"] == "quick" and back_meta["seed"] == 0
     assert set(back_meta["versions"]) >= {"python", "torch", "attnprune"}
+
+
+def test_a_table_names_its_columns_once_and_reads_back_exactly(tmp_path):
+    rows = pd.DataFrame({"layer": [0, 1], "error": [0.1 / 3, 2.5e-9], "window_nll": [[1.0, 2.0], [3.0, 4.0]]})
+    path = results.write_table(tmp_path / "t.json", rows, {"profile": "quick"})
+    assert path.read_text().count('"error"') == 1
+    back, meta = results.read_table(path)
+    pd.testing.assert_frame_equal(back, rows)
+    assert meta == {"profile": "quick"}
+    empty, _ = results.read_table(results.write_table(tmp_path / "e.json", rows[:0], {}))
+    assert list(empty.columns) == ["layer", "error", "window_nll"] and empty.empty
