@@ -2,6 +2,8 @@
 channels) and evaluate perplexity.
 
     attnprune prune --model M --method ours|wanda|sparsegpt|magnitude --sparsity R --calib DATA --out DIR
+    attnprune prune --model M --method wanda|sparsegpt|magnitude [--objective frobenius|kl|output|block]
+                    [--scope qk|qkvo|all] [--n-validation 4] --sparsity R --calib DATA --out DIR
     attnprune prune --structured --model M --method numerical|flap|wanda-sp|magnitude|random
                     --sparsity R [--allocation global|uniform] [--compensation refit|bias|none] --calib DATA --out DIR
     attnprune eval --model DIR --data DATA
@@ -10,6 +12,11 @@ channels) and evaluate perplexity.
 ``prune`` loads M, draws the calibration sequences from DATA, prunes the q/k weights of every
 layer (or ``--layers``) at sparsity R, writes an ordinary Hugging Face checkpoint (model and
 tokenizer) to DIR and prints a JSON summary (also saved as DIR/attnprune_summary.json).
+``--objective`` (attention-aware reconstruction, :mod:`attnprune.llm.refit`): the linear --method
+chooses the support, then the kept weights are refitted on that objective, layer by layer, with
+early stopping on ``--n-validation`` sequences of the calibration source's held-out split;
+``--scope`` widens the pruned layers from q/k to the attention block (qkvo) or every linear layer
+of each block (all).
 ``prune --structured`` (Part II, arXiv 2412.12441) removes whole attention heads and MLP channels,
 a fraction R of the attention+MLP linear parameters, and writes a physically smaller checkpoint
 (``attnprune.structured.slicing.load_sliced`` reloads it). ``eval`` prints the perplexity of a
@@ -49,7 +56,9 @@ import torch
 from .core.baselines import LINEAR
 from .llm.data import DATASETS, evaluation_sequences, load_texts, token_sequences
 from .llm.models import OFFLINE_MODEL, PAPER_MODEL, load_model
+from .llm.objectives import MODULES, OBJECTIVES
 from .llm.prune import CAPTURES, METHODS, OURS_DEFAULTS, REFIT_DEFAULTS
+from .llm.refit import SCOPES, RefitConfig
 from .records.results import versions, write_json
 from .structured.allocation import ALLOCATIONS, GQA_RULES
 from .structured.compensation import COMPENSATIONS
@@ -119,6 +128,7 @@ def _checked(cast, accept, rule: str):
 
 _sparsity = _checked(float, lambda v: 0.0 <= v < 1.0, "lie in [0, 1) (the fraction of weights removed)")
 _positive_int = _checked(int, lambda v: v > 0, "be a positive integer")
+_count = _checked(int, lambda v: v >= 0, "be an integer ≥ 0")
 _seq_len = _checked(int, lambda v: v >= 2, "be an integer ≥ 2 (tokens per sequence)")
 _seed = _checked(int, lambda v: 0 <= v < 2**63, "be an integer in [0, 2**63)")
 _positive_float = _checked(float, lambda v: v > 0, "be a number > 0")
@@ -184,7 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
         "prune",
         help="prune the q_proj/k_proj weights of a model, or (--structured) its heads and MLP channels, and save it",
         description="Prune the q_proj/k_proj weights of every decoder layer at "
-        "sparsity R (exactly round(R·d) zeros per row) and save the model. With --structured, remove "
+        "sparsity R (exactly round(R·d) zeros per row) and save the model. With --objective, a linear "
+        "--method chooses the support and the kept weights are refitted on that objective (attention-aware "
+        "reconstruction); --scope also prunes v_proj/o_proj (qkvo) or every linear layer (all). "
+        "With --structured, remove "
         "whole attention heads and MLP channels instead (a fraction R of the attention+MLP linear "
         "parameters) and save a physically smaller model; --method then takes the structured scores.",
     )
@@ -203,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--sparsity",
         required=True,
         type=_sparsity,
-        help="R in [0, 1): the fraction of each q_proj/k_proj weight set to zero "
+        help="R in [0, 1): the fraction of each pruned weight (q_proj/k_proj, or the layers of --scope) set to zero "
         "(at least one weight per row must be kept: round(R·d) < d); with --structured, the fraction "
         "of the attention+MLP linear parameters removed (the nearest count whole heads and channels reach)",
     )
@@ -242,7 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--seed",
         type=_seed,
         default=0,
-        help="seed of the random calibration windows, and of --structured --method random (default 0)",
+        help="seed of the random calibration (and --n-validation) windows, of the refit's minibatch order "
+        "with --objective, and of --structured --method random (default 0)",
     )
     prune.add_argument(
         "--layers", type=_layers, default=None, help="comma-separated layer indices to prune (default: all)"
@@ -255,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
         "as Wanda and SparseGPT) or from the dense model",
     )
     _ours_options(prune)
+    _reconstruction_options(prune)
     _structured_options(prune)
     _common(prune)
     evaluate = sub.add_parser(
@@ -317,14 +332,16 @@ def _ours_options(prune: argparse.ArgumentParser) -> None:
         type=_positive_int,
         default=None,
         help=f"ours: descent steps per layer (default {OURS_DEFAULTS['steps']}, "
-        f"{REFIT_DEFAULTS['steps']} with --support)",
+        f"{REFIT_DEFAULTS['steps']} with --support); with --objective: Adam steps of the refit per layer "
+        f"(default {REFIT.steps})",
     )
     prune.add_argument(
         "--lr",
         type=_positive_float,
         default=None,
         help=f"ours: Adam step size on the masks (default {OURS_DEFAULTS['lr']}, "
-        f"{REFIT_DEFAULTS['lr']} decaying to 0 with --support)",
+        f"{REFIT_DEFAULTS['lr']} decaying to 0 with --support); with --objective: the refit's constant "
+        f"Adam step size on the kept weights (default {REFIT.lr:g})",
     )
     prune.add_argument(
         "--output",
@@ -348,7 +365,9 @@ def _ours_options(prune: argparse.ArgumentParser) -> None:
         "--anchor",
         type=_nonnegative_float,
         default=None,
-        help="ours: μ ≥ 0, the pull of the masks toward 1 (the dense weights)",
+        help="ours: μ ≥ 0, the pull of the masks toward 1 (the dense weights); with --objective: μ ≥ 0, "
+        "the pull of the kept weights toward the linear method's values, (μ/2)·‖W̃ − W_lin‖²/‖W_lin‖² "
+        f"(default {REFIT.anchor:g}: early stopping is the guard)",
     )
     prune.add_argument(
         "--lam", type=_nonnegative_float, default=None, help="ours: λ ≥ 0, the paper's (λ/2)‖M‖² regulariser"
@@ -358,7 +377,49 @@ def _ours_options(prune: argparse.ArgumentParser) -> None:
         type=_positive_int,
         default=None,
         help=f"ours: calibration sequences per descent step (default "
-        f"{OURS_DEFAULTS['sequences_per_step']}: stochastic steps)",
+        f"{OURS_DEFAULTS['sequences_per_step']}: stochastic steps); with --objective: calibration sequences "
+        f"per refit step (default {REFIT.sequences_per_step})",
+    )
+
+
+def _reconstruction_options(prune: argparse.ArgumentParser) -> None:
+    group = prune.add_argument_group(
+        "attention-aware reconstruction (--objective, --scope)",
+        "A linear --method (wanda, sparsegpt, magnitude) chooses the support of each layer; with "
+        "--objective the kept weights are then refitted additively (B∘W̃, the support never moves) by "
+        "Adam on that objective, layer by layer on the inputs of the model as pruned so far; the refit "
+        "takes --steps, --lr, --anchor and --sequences-per-step (not the other options of ours).",
+    )
+    group.add_argument(
+        "--objective",
+        choices=tuple(OBJECTIVES),
+        default=None,
+        help="refit the kept weights on this objective of each layer (relative to the dense layer): "
+        "output: the attention block's output, which weighs the attention error by what the layer "
+        "passes on (the recommended choice for q/k and the one for --scope qkvo); kl: the row KL "
+        "divergence of the attention probabilities (D²Prune's); frobenius: the paper's objective, "
+        "‖P̃ − P‖²_F of the attention probabilities; block: the whole decoder block's output (needed "
+        "for --scope all). Only with a linear --method: ours chooses its own support on the paper's "
+        "objective (default: no refit, the linear method alone)",
+    )
+    group.add_argument(
+        "--scope",
+        choices=tuple(SCOPES),
+        default=None,
+        help="the linear layers of each decoder block that are pruned: qk (default): q_proj, k_proj; "
+        "qkvo: the attention block (q/k/v/o_proj); all: every linear layer, the MLP's too. The "
+        "--objective must read them all (output or block for qkvo, block for all); --method ours: "
+        "qk only. Without --objective, the linear method alone on those layers",
+    )
+    group.add_argument(
+        "--n-validation",
+        type=_count,
+        default=None,
+        help=f"with --objective: held-out sequences (of --seq-len tokens) from the heldout split of --calib, "
+        f"never its calibration split, for early stopping: the refit is checked on them before its first "
+        f"step and every {REFIT.check_every} steps, and the best weights are kept, never worse there than "
+        f"the linear method's (default {VALIDATION_DEFAULT}; 0: no early stopping, the last step's "
+        "weights). A local .txt --calib has no held-out split: pass --n-validation 0 with it",
     )
 
 
@@ -366,7 +427,8 @@ def _structured_options(prune: argparse.ArgumentParser) -> None:
     group = prune.add_argument_group(
         "structured pruning (arXiv 2412.12441)",
         "Whole heads and MLP channels of every layer, scored from one dense pass on the calibration "
-        "sequences; --layers, --capture, --resume and the options of ours do not apply.",
+        "sequences; --layers, --capture, --resume, --objective, --scope, --n-validation and the options "
+        "of ours do not apply.",
     )
     group.add_argument(
         "--structured",
@@ -411,6 +473,13 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 OURS_OPTIONS = ("steps", "lr", "output", "selection", "support", "anchor", "lam", "sequences_per_step")
 """The options of ``prune`` for ours: fields of :class:`attnprune.llm.prune.FitConfig` (same names)."""
+REFIT_OPTIONS = ("steps", "lr", "anchor", "sequences_per_step")
+"""The options of ours that ``--objective`` takes too, for its refit: fields of
+:class:`attnprune.llm.refit.RefitConfig` (same names)."""
+REFIT = RefitConfig()
+"""The refit's defaults (those of :class:`~attnprune.llm.refit.RefitConfig`)."""
+VALIDATION_DEFAULT = 4
+"""``--n-validation`` when not given (with ``--objective``)."""
 
 
 # -- errors that name the flag -------------------------------------------------------------------
@@ -549,14 +618,22 @@ class Output:
                 stale.unlink()
             write_json(record, run)
 
-    def finished_layers(self, device) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    def finished_layers(self, device, names: tuple[str, ...] | None = None) -> dict:
+        """The finished layers: layer → (W_q, W_k) as ``prune_model`` saved them (files with
+        ``q_proj``/``k_proj``), or with ``names`` (short names of
+        :data:`~attnprune.llm.objectives.MODULES`) layer → {name: weight} as ``reconstruct_model`` did."""
         from safetensors.torch import load_file
 
         done = {}
         for path in sorted(self.layers.glob("layer-*.safetensors")):
             try:
                 tensors = load_file(path, device=str(device))
-                done[int(path.stem.split("-")[1])] = (tensors["q_proj"], tensors["k_proj"])
+                if names is None:
+                    done[int(path.stem.split("-")[1])] = (tensors["q_proj"], tensors["k_proj"])
+                elif sorted(tensors) != sorted(names):
+                    raise ValueError(f"it holds {sorted(tensors)}, not the weights {sorted(names)}")
+                else:
+                    done[int(path.stem.split("-")[1])] = {name: tensors[name] for name in names}
             except Exception as error:  # safetensors' SafetensorError, a missing key, a bad name
                 raise CommandError(
                     f"--resume: cannot read the finished layer {str(path)!r} ({error}); "
@@ -564,13 +641,19 @@ class Output:
                 ) from error
         return done
 
-    def save_layer(self, layer: int, weights: tuple[torch.Tensor, torch.Tensor], fit) -> None:
-        """One finished layer, atomically (written then renamed)."""
+    def save_layer(self, layer: int, weights, fit=None) -> None:
+        """One finished layer, atomically (written then renamed): ``weights`` (W_q, W_k) and its
+        ``fit`` from ``prune_model``, or {short name: weight} from ``reconstruct_model``."""
         from safetensors.torch import save_file
 
         path = self.layers / f"layer-{layer:04d}.safetensors"
-        tensors = {"q_proj": weights[0].detach().contiguous(), "k_proj": weights[1].detach().contiguous()}
-        save_file(tensors, path.with_suffix(".tmp"), metadata={"fit": json.dumps(asdict(fit))})
+        if isinstance(weights, dict):
+            tensors = {name: W.detach().contiguous() for name, W in weights.items()}
+            metadata = {"names": ",".join(weights)}
+        else:
+            tensors = {"q_proj": weights[0].detach().contiguous(), "k_proj": weights[1].detach().contiguous()}
+            metadata = {"fit": json.dumps(asdict(fit))}
+        save_file(tensors, path.with_suffix(".tmp"), metadata=metadata)
         os.replace(path.with_suffix(".tmp"), path)
         _pause("layer")
 
@@ -642,7 +725,8 @@ def _check_method(args: argparse.Namespace) -> None:
             "--resume does not apply to --structured: it scores all layers from one dense pass, so there "
             "are no finished layers to resume from; rerun the command without --resume"
         )
-    other = [key for key in ("layers", "capture", *OURS_OPTIONS) if getattr(args, key) is not None]
+    other = ("layers", "capture", "objective", "scope", "n_validation", *OURS_OPTIONS)
+    other = [key for key in other if getattr(args, key) is not None]
     if other:
         flags = ", ".join(f"--{key.replace('_', '-')}" for key in other)
         raise CommandError(f"{flags} do not apply to --structured (every layer is scored from one dense pass)")
@@ -675,18 +759,27 @@ def prune_command(args: argparse.Namespace) -> dict:
     _check_method(args)
     if args.structured:
         return _prune_structured(args)
+    _check_reconstruction(args)
     args.capture = args.capture or "sequential"
-    options = {key: getattr(args, key) for key in OURS_OPTIONS if getattr(args, key) is not None}
-    if options and args.method != "ours":
-        flags = ", ".join(f"--{key.replace('_', '-')}" for key in sorted(options))
-        raise CommandError(f"{flags} apply to --method ours only")
-    try:
-        config = PruneConfig.from_options(
-            args.method, args.sparsity, layers=args.layers, capture=args.capture, batch_size=args.batch_size, **options
-        )
-    except ValueError as error:  # a combination of options: the library's names are the flags' names
-        flags = "|".join(("batch_size", *OURS_OPTIONS))
-        raise CommandError(re.sub(rf"\b({flags})\b", lambda m: "--" + m[1].replace("_", "-"), str(error))) from error
+    args.scope = args.scope or "qk"
+    if _reconstructs(args):
+        config = _reconstruct_config(args)
+    else:
+        options = {key: getattr(args, key) for key in OURS_OPTIONS if getattr(args, key) is not None}
+        try:
+            config = PruneConfig.from_options(
+                args.method,
+                args.sparsity,
+                layers=args.layers,
+                capture=args.capture,
+                batch_size=args.batch_size,
+                **options,
+            )
+        except ValueError as error:  # a combination of options: the library's names are the flags' names
+            flags = "|".join(("batch_size", *OURS_OPTIONS))
+            raise CommandError(
+                re.sub(rf"\b({flags})\b", lambda m: "--" + m[1].replace("_", "-"), str(error))
+            ) from error
     out = Output(args.out, overwrite=args.overwrite, resume=args.resume, model=args.model)
     args.output_folder = out
     with _about("--model", args.model, "name_or_path"):
@@ -700,6 +793,94 @@ def prune_command(args: argparse.Namespace) -> dict:
             "model; prune the dense model, or this one again with --structured"
         )
     return _prune(args, config, out)
+
+
+def _reconstructs(args: argparse.Namespace) -> bool:
+    """Whether ``prune`` runs :func:`attnprune.llm.refit.reconstruct_model`: with --objective, or a
+    linear method on more than q/k (a linear method on q/k alone is ``prune_model``'s, as before)."""
+    return args.objective is not None or (args.scope or "qk") != "qk"
+
+
+def _flags(keys) -> str:
+    return ", ".join(f"--{key.replace('_', '-')}" for key in sorted(keys))
+
+
+def _check_reconstruction(args: argparse.Namespace) -> None:
+    """The rules of --objective, --scope and --n-validation, and which options of ours apply."""
+    if args.objective is not None and args.method == "ours":
+        raise CommandError(
+            f"--objective {args.objective} does not apply to --method ours, which chooses its own support on "
+            f"the paper's objective: to refit on --objective, pass a linear method as --method ({', '.join(LINEAR)})"
+        )
+    if args.method == "ours" and args.scope not in (None, "qk"):
+        raise CommandError(
+            f"--scope {args.scope} does not apply to --method ours, which prunes q_proj/k_proj only (--scope qk); "
+            f"to prune more layers, pass a linear method as --method ({', '.join(LINEAR)})"
+        )
+    if args.n_validation is not None and args.objective is None:
+        raise CommandError(
+            "--n-validation applies to --objective only (held-out sequences of its refit's early stopping)"
+        )
+    given = [key for key in OURS_OPTIONS if getattr(args, key) is not None]
+    allowed = OURS_OPTIONS if args.method == "ours" else REFIT_OPTIONS if args.objective is not None else ()
+    wrong = [key for key in given if key not in allowed]
+    if wrong and args.objective is not None:
+        raise CommandError(
+            f"{_flags(wrong)} apply to --method ours only, not to the refit of --objective "
+            f"(it takes {_flags(REFIT_OPTIONS)})"
+        )
+    if wrong:
+        also = ", or to the refit of --objective" if set(wrong) <= set(REFIT_OPTIONS) else ""
+        raise CommandError(f"{_flags(wrong)} apply to --method ours only{also}")
+    if _reconstructs(args) and args.capture == "dense":
+        raise CommandError(
+            f"--capture dense does not apply to --objective or --scope {args.scope or 'qk'}: the reconstruction "
+            "takes each layer's inputs from the model as pruned so far (--capture sequential)"
+        )
+    if args.objective is not None:
+        args.n_validation = VALIDATION_DEFAULT if args.n_validation is None else args.n_validation
+
+
+RECONSTRUCT_NAMES = {
+    "objective": "--objective",
+    "scope": "--scope",
+    "support": "--method",
+    "sparsity": "--sparsity",
+    "layers": "--layers",
+    "batch_size": "--batch-size",
+    "steps": "--steps",
+    "lr": "--lr",
+    "anchor": "--anchor",
+    "sequences_per_step": "--sequences-per-step",
+    "seed": "--seed",
+}
+"""The names of :class:`~attnprune.llm.refit.ReconstructConfig` and
+:class:`~attnprune.llm.refit.RefitConfig` in their errors → the flags."""
+
+
+def _reconstruct_config(args: argparse.Namespace):
+    """The :class:`~attnprune.llm.refit.ReconstructConfig` of the arguments; its errors (e.g. an
+    objective that does not read every layer of the scope) as one line naming the flags."""
+    from .llm.refit import ReconstructConfig
+
+    refit = None
+    try:
+        if args.objective is not None:
+            options = {key: getattr(args, key) for key in REFIT_OPTIONS if getattr(args, key) is not None}
+            refit = RefitConfig(objective=args.objective, seed=args.seed, **options)
+        layers = None if args.layers is None else tuple(args.layers)
+        config = ReconstructConfig(args.method, args.sparsity, args.scope, refit, layers, args.batch_size)
+    except ValueError as error:
+        pattern = "|".join(re.escape(name) for name in RECONSTRUCT_NAMES)
+        text = re.sub(rf"(?<![\w-])({pattern})(?= '| must|=)", lambda m: RECONSTRUCT_NAMES[m[1]], _one_line(error))
+        raise CommandError(text) from error
+    if args.n_validation and args.calib not in DATASETS:  # load_texts would give the file itself as "heldout"
+        raise CommandError(
+            f"--calib {args.calib!r} is a local file, which has no held-out split for the early stopping of "
+            f"--objective (--n-validation {args.n_validation}): pass --n-validation 0 (no early stopping), "
+            f"or calibrate on one of {', '.join(CALIB_DATASETS)}"
+        )
+    return config
 
 
 def _prune_structured(args: argparse.Namespace) -> dict:
@@ -764,6 +945,7 @@ def _check_vocabulary(args: argparse.Namespace, model, calib: torch.Tensor) -> N
 
 def _prune(args: argparse.Namespace, config, out: Output) -> dict:
     from .llm.prune import prune_model, set_qk_weights
+    from .llm.refit import ReconstructConfig
 
     run = {
         key: value
@@ -775,13 +957,21 @@ def _prune(args: argparse.Namespace, config, out: Output) -> dict:
     out.check_run(run, record_it=False)  # before loading: a resume with other arguments is refused at once
     with _about("--calib", args.calib, "name"):
         texts = load_texts(args.calib, "calibration")
+        heldout = load_texts(args.calib, "heldout") if getattr(args, "n_validation", None) else None
     with _about("--model", args.model, "name_or_path"):
         model, tokenizer = load_model(args.model, device=args.device)
     with _about("--calib", args.calib):
         calib = token_sequences(tokenizer, texts, args.n_calibration, args.seq_len, seed=args.seed)
-    _check_vocabulary(args, model, calib)
+        validation = None
+        if heldout is not None:  # as notebooks/08_deployable.md draws them
+            validation = token_sequences(tokenizer, heldout, args.n_validation, args.seq_len, seed=args.seed)
+    _check_vocabulary(args, model, calib if validation is None else torch.cat([calib, validation]))
     run["calibration_sha256"] = hashlib.sha256(calib.numpy().tobytes()).hexdigest()
+    if validation is not None:
+        run["validation_sha256"] = hashlib.sha256(validation.numpy().tobytes()).hexdigest()
     out.check_run(run, record_it=True)
+    if isinstance(config, ReconstructConfig):
+        return _reconstruct(args, config, out, model, tokenizer, calib, validation)
     done = out.finished_layers(args.device) if args.resume else {}
     weights, report = prune_model(
         model, calib, config, progress=not args.no_progress, done=done, on_layer=out.save_layer
@@ -794,6 +984,56 @@ def _prune(args: argparse.Namespace, config, out: Output) -> dict:
         "seed": args.seed,
         "out": args.out,
         **report.to_dict(),
+        "resumed_layers": sorted(done),
+        "versions": versions(),
+    }
+    out.commit(model, tokenizer, summary, progress=not args.no_progress)
+    return summary
+
+
+def _reconstruct(args: argparse.Namespace, config, out: Output, model, tokenizer, calib, validation) -> dict:
+    """``prune`` with --objective or --scope: :func:`attnprune.llm.refit.reconstruct_model`, its
+    weights written into the model (ours to change), then the checkpoint."""
+    from .llm.models import decoder_layers, linear_weight_count
+    from .llm.refit import reconstruct_model
+
+    names = SCOPES[config.scope]
+    done = out.finished_layers(args.device, names) if args.resume else {}
+    weights, report = reconstruct_model(
+        model,
+        calib,
+        config,
+        validation_ids=validation,
+        progress=not args.no_progress,
+        done=done,
+        on_layer=out.save_layer,
+    )
+    blocks = decoder_layers(model)
+    with torch.no_grad():  # in place: no copy of the model
+        for index, layer_weights in weights.items():
+            for name, W in layer_weights.items():
+                blocks[index].get_submodule(MODULES[name]).weight.copy_(W)
+    zeros = lambda tensors: sum(int((W == 0).sum()) for W in tensors)
+    pruned = [W for layer_weights in weights.values() for W in layer_weights.values()]
+    linear = [m.weight for m in blocks.modules() if isinstance(m, torch.nn.Linear)]
+    by_name = {name: [layer_weights[name] for layer_weights in weights.values()] for name in names}
+    summary = {
+        "command": "prune",
+        "model": args.model,
+        "method": args.method,
+        "objective": args.objective,
+        "scope": config.scope,
+        "sparsity": args.sparsity,
+        "layers": sorted(weights),
+        "calib": args.calib,
+        "seed": args.seed,
+        "out": args.out,
+        **report.to_dict(),
+        "sparsity_summary": {
+            "pruned_weights": zeros(pruned) / sum(W.numel() for W in pruned),
+            "by_name": {name: zeros(Ws) / sum(W.numel() for W in Ws) for name, Ws in by_name.items()},
+            "model_linear_weights": zeros(linear) / linear_weight_count(model),
+        },
         "resumed_layers": sorted(done),
         "versions": versions(),
     }

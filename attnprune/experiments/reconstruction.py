@@ -164,12 +164,14 @@ def layer_error_table(
 def gap_table(perplexity: pd.DataFrame, baselines: tuple[str, ...] = BASELINES, suffix: str = "") -> pd.DataFrame:
     """The fraction of the best baseline's gap to dense that each candidate closes, per text and ρ:
     (p_best − p) / (p_best − p_dense), the best among ``baselines`` (+ ``suffix``: the same
-    calibration data) at that point. Rows: candidate, rho, data, perplexity, best_baseline, closed."""
+    calibration data) at that point, for the candidates whose names end with ``suffix``. Rows:
+    candidate, rho, data, perplexity, best_baseline, closed."""
     dense = perplexity[perplexity["candidate"] == DENSE].set_index("data")["perplexity"]
     rivals = perplexity[perplexity["candidate"].isin([b + suffix for b in baselines])]
     best = rivals.loc[rivals.groupby(["data", "rho"])["perplexity"].idxmin()].set_index(["data", "rho"])
     rows = []
-    for row in perplexity[perplexity["candidate"] != DENSE].itertuples(index=False):
+    ours = perplexity[(perplexity["candidate"] != DENSE) & perplexity["candidate"].str.endswith(suffix)]
+    for row in ours.itertuples(index=False):
         p_best, name = best.loc[(row.data, row.rho), ["perplexity", "candidate"]]
         gap = p_best - dense[row.data]
         closed = (p_best - row.perplexity) / gap if gap > 0 else math.nan
