@@ -46,6 +46,7 @@ from .batches import check_input_ids
 from .capture import check_layers, layer_inputs, run_layer
 from .models import decoder_layers
 from .objectives import MODULES, OBJECTIVES, LayerWindow, Objective, Weights, objective_for
+from .prune import _checked_layers
 from .qk_objective import _chunk_order
 
 SCOPES = {"qk": ("q", "k"), "qkvo": ("q", "k", "v", "o"), "all": tuple(MODULES)}
@@ -120,14 +121,7 @@ class ReconstructConfig:
                     f"{self.scope!r} prunes: use an objective that reads them ('output' for qkvo, 'block' for all)"
                 )
         if self.layers is not None:
-            layers = self.layers
-            if isinstance(layers, (int, str)) or not layers or not all(_is_index(i) for i in layers):
-                raise ValueError(f"layers must be a list of layer indices ≥ 0 (or None for all), got {layers!r}")
-            object.__setattr__(self, "layers", tuple(sorted(set(layers))))
-
-
-def _is_index(i: object) -> bool:
-    return isinstance(i, int) and not isinstance(i, bool) and i >= 0
+            object.__setattr__(self, "layers", _checked_layers(self.layers))
 
 
 # -- one layer ------------------------------------------------------------------------------------
