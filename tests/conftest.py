@@ -99,3 +99,50 @@ def random_text():
         return " ".join(WORDS[i] for i in picks) + "\n"
 
     return make
+
+
+@pytest.fixture(scope="session")
+def cli_process():
+    """Run ``attnprune`` in a subprocess that pauses at a point, to interrupt it there:
+    ``cli_process.start(argv, pause_at)`` (``pause_at``: "layer" or "save", see
+    ``attnprune.cli.PAUSE_AT``) and ``cli_process.wait_for_pause(process, point)``."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from attnprune import cli
+
+    def interruptible() -> None:
+        """In the child, before exec: SIGINT back to its default, so that Python turns it into
+        KeyboardInterrupt. A shell without job control starts background jobs (a CI run started
+        with ``&``) with SIGINT ignored, the children inherit that, and Python keeps an ignored
+        SIGINT ignored: the command would sleep through the test's Ctrl-C."""
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    def start(argv: list[str], pause_at: str) -> subprocess.Popen:
+        env = {**os.environ, cli.PAUSE_AT: pause_at, "ATTNPRUNE_TEST_PAUSE_SECONDS": "60", "PYTHONUNBUFFERED": "1"}
+        return subprocess.Popen(
+            [sys.executable, "-m", "attnprune.cli", *argv],
+            cwd=Path(__file__).resolve().parents[1],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=interruptible,
+        )
+
+    def wait_for_pause(process: subprocess.Popen, point: str, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = process.stderr.readline()
+            if f"test pause at {point}" in line:
+                return
+            if not line and process.poll() is not None:
+                break
+        process.kill()
+        raise AssertionError(f"the command never paused at {point}: {process.stderr.read()}")
+
+    return SimpleNamespace(start=start, wait_for_pause=wait_for_pause)

@@ -13,9 +13,6 @@ import hashlib
 import json
 import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -338,37 +335,6 @@ def test_two_runs_give_identical_weights(method, paths, tmp_path, capsys):
 
 
 # -- interruptions: a subprocess stopped during the prune or the save leaves no partial --out ---------
-def _start(argv: list[str], pause_at: str) -> subprocess.Popen:
-    env = {**os.environ, cli.PAUSE_AT: pause_at, "ATTNPRUNE_TEST_PAUSE_SECONDS": "60", "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "attnprune.cli", *argv],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=_interruptible,
-    )
-
-
-def _interruptible() -> None:
-    """In the child, before exec: SIGINT back to its default, so that Python turns it into
-    KeyboardInterrupt. A shell without job control starts background jobs (a CI run started with
-    ``&``) with SIGINT ignored, the children inherit that, and Python keeps an ignored SIGINT
-    ignored: the command would sleep through the test's Ctrl-C."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-def _wait_for_pause(process: subprocess.Popen, point: str) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        line = process.stderr.readline()
-        if f"test pause at {point}" in line:
-            return
-        if not line and process.poll() is not None:
-            break
-    process.kill()
-    raise AssertionError(f"the command never paused at {point}: {process.stderr.read()}")
 
 
 def _ours(paths: dict, out: Path, *extra: str) -> list[str]:
@@ -377,10 +343,10 @@ def _ours(paths: dict, out: Path, *extra: str) -> list[str]:
 
 
 @pytest.mark.parametrize("point", ["layer", "save"])
-def test_ctrl_c_exits_130_in_one_line_and_leaves_nothing(point, paths, tmp_path):
+def test_ctrl_c_exits_130_in_one_line_and_leaves_nothing(point, paths, tmp_path, cli_process):
     out = tmp_path / "pruned"
-    process = _start(_ours(paths, out), point)
-    _wait_for_pause(process, point)
+    process = cli_process.start(_ours(paths, out), point)
+    cli_process.wait_for_pause(process, point)
     process.send_signal(signal.SIGINT)
     stdout, stderr = process.communicate(timeout=30)
     assert process.returncode == 130, stderr
@@ -389,10 +355,10 @@ def test_ctrl_c_exits_130_in_one_line_and_leaves_nothing(point, paths, tmp_path)
 
 
 @pytest.mark.parametrize("point", ["layer", "save"])
-def test_a_kill_leaves_no_partial_out(point, paths, tmp_path, capsys):
+def test_a_kill_leaves_no_partial_out(point, paths, tmp_path, capsys, cli_process):
     out = tmp_path / "pruned"
-    process = _start(_ours(paths, out), point)
-    _wait_for_pause(process, point)
+    process = cli_process.start(_ours(paths, out), point)
+    cli_process.wait_for_pause(process, point)
     process.kill()
     process.wait(timeout=30)
     assert not out.exists()  # only the hidden temporary folder beside it
@@ -402,13 +368,13 @@ def test_a_kill_leaves_no_partial_out(point, paths, tmp_path, capsys):
     assert exit_.value.code == 2 and "--resume" in capsys.readouterr().err
 
 
-def test_resume_after_a_kill_gives_the_uninterrupted_weights_bit_for_bit(paths, tmp_path, capsys):
+def test_resume_after_a_kill_gives_the_uninterrupted_weights_bit_for_bit(paths, tmp_path, capsys, cli_process):
     whole = tmp_path / "whole"
     assert cli.main(_ours(paths, whole)) == 0
     capsys.readouterr()
     out = tmp_path / "resumed"
-    process = _start(_ours(paths, out), "layer")
-    _wait_for_pause(process, "layer")
+    process = cli_process.start(_ours(paths, out), "layer")
+    cli_process.wait_for_pause(process, "layer")
     process.kill()
     process.wait(timeout=30)
     partial = tmp_path / (".resumed" + cli.PARTIAL)

@@ -8,11 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -189,35 +184,6 @@ def test_bad_combinations_are_one_line_naming_the_flag(name, paths, tmp_path, ca
 
 
 # -- resume: a subprocess killed after its first layer, then --resume ---------------------------------
-def _interruptible() -> None:
-    """In the child, before exec: SIGINT back to its default (a shell without job control starts
-    background jobs with SIGINT ignored; see tests/test_cli_bad_inputs.py)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-def _start(argv: list[str], pause_at: str) -> subprocess.Popen:
-    env = {**os.environ, cli.PAUSE_AT: pause_at, "ATTNPRUNE_TEST_PAUSE_SECONDS": "60", "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "attnprune.cli", *argv],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=_interruptible,
-    )
-
-
-def _wait_for_pause(process: subprocess.Popen, point: str) -> None:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        line = process.stderr.readline()
-        if f"test pause at {point}" in line:
-            return
-        if not line and process.poll() is not None:
-            break
-    process.kill()
-    raise AssertionError(f"the command never paused at {point}: {process.stderr.read()}")
 
 
 def _weights_hash(folder: Path) -> str:
@@ -228,14 +194,14 @@ def _weights_hash(folder: Path) -> str:
     return digest.hexdigest()
 
 
-def test_resume_after_a_kill_gives_the_uninterrupted_weights_bit_for_bit(paths, tmp_path, capsys):
+def test_resume_after_a_kill_gives_the_uninterrupted_weights_bit_for_bit(paths, tmp_path, capsys, cli_process):
     argv = lambda out, *extra: _refit(paths, out, "--objective", "output", "--scope", "qkvo", *extra)
     whole = tmp_path / "whole"
     assert cli.main(argv(whole)) == 0
     capsys.readouterr()
     out = tmp_path / "resumed"
-    process = _start(argv(out), "layer")
-    _wait_for_pause(process, "layer")
+    process = cli_process.start(argv(out), "layer")
+    cli_process.wait_for_pause(process, "layer")
     process.kill()
     process.wait(timeout=30)
     partial = tmp_path / (".resumed" + cli.PARTIAL)
