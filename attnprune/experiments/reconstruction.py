@@ -36,12 +36,14 @@ MULTIPLICATIVE = "ours + SparseGPT support, multiplicative (ch. 08)"
 @dataclass(frozen=True)
 class Setting:
     """One method of the sweep: the support of ``support`` on ``scope``, refitted on ``objective``
-    with ``refit``'s other settings (``objective=None``: the linear method alone). ``label`` names it."""
+    with ``refit``'s other settings (``objective=None``: the linear method alone), ρ spread over the
+    layers by ``allocation`` ("uniform" or OWL's "owl"). ``label`` names it (without the allocation)."""
 
     support: str
     objective: str | None = None
     scope: str = "qk"
     refit: RefitConfig = field(default_factory=RefitConfig)
+    allocation: str = "uniform"
 
     @property
     def label(self) -> str:
@@ -51,7 +53,7 @@ class Setting:
 
     def config(self, sparsity: float, *, layers: list[int] | None = None, batch_size: int = 8) -> ReconstructConfig:
         refit = None if self.objective is None else replace(self.refit, objective=self.objective)
-        return ReconstructConfig(self.support, sparsity, self.scope, refit, layers, batch_size)
+        return ReconstructConfig(self.support, sparsity, self.scope, refit, layers, batch_size, self.allocation)
 
 
 def sweep_settings(objectives: list[str], supports: list[str], refit: RefitConfig, scope: str = "qk") -> list[Setting]:

@@ -46,6 +46,7 @@ from .batches import check_input_ids
 from .capture import check_layers, layer_inputs, run_layer
 from .models import decoder_layers
 from .objectives import MODULES, OBJECTIVES, LayerWindow, Objective, Weights, objective_for
+from .owl import layer_outlier_ratios, owl_sparsities
 from .prune import _checked_layers
 from .qk_objective import _chunk_order
 
@@ -53,6 +54,8 @@ SCOPES = {"qk": ("q", "k"), "qkvo": ("q", "k", "v", "o"), "all": tuple(MODULES)}
 """The linear layers of each decoder block that a scope prunes."""
 STAGES = (("q", "k", "v"), ("o",), ("gate", "up"), ("down",))
 """The order in which the supports are taken; the layers of a stage read the same input."""
+ALLOCATIONS = ("uniform", "owl")
+"""How ρ is spread over the layers: the same everywhere, or OWL's outlier-weighted sparsities."""
 LayerWeights = dict[int, Weights]
 """Pruned weights of some decoder layers: layer index → (short name → weight)."""
 
@@ -96,7 +99,9 @@ class RefitConfig:
 class ReconstructConfig:
     """How to prune a model: the linear layers of ``scope`` (one of :data:`SCOPES`) at ``sparsity``
     ρ with the support of ``support`` (a linear method), then ``refit`` (None: the linear method
-    alone), on ``layers`` (None: all), ``batch_size`` sequences per forward chunk."""
+    alone), on ``layers`` (None: all), ``batch_size`` sequences per forward chunk; ``allocation``
+    "uniform" (ρ in every layer) or "owl" (OWL's per-layer sparsities, mean ρ:
+    :mod:`attnprune.llm.owl`)."""
 
     support: str
     sparsity: float
@@ -104,12 +109,14 @@ class ReconstructConfig:
     refit: RefitConfig | None = field(default_factory=RefitConfig)
     layers: tuple[int, ...] | None = None
     batch_size: int = 8
+    allocation: str = "uniform"
 
     def __post_init__(self) -> None:
         check_choice("support", self.support, LINEAR)
         object.__setattr__(self, "sparsity", check_sparsity("sparsity", self.sparsity))
         check_choice("scope", self.scope, tuple(SCOPES))
         check_positive_int("batch_size", self.batch_size)
+        check_choice("allocation", self.allocation, ALLOCATIONS)
         if self.refit is not None:
             if not isinstance(self.refit, RefitConfig):
                 raise ValueError(f"refit must be a RefitConfig or None, got {type(self.refit).__name__}")
@@ -273,13 +280,15 @@ class LayerRefit:
 
 @dataclass(frozen=True)
 class ReconstructReport:
-    """What :func:`reconstruct_model` did: the settings, a :class:`LayerRefit` per layer, the seconds."""
+    """What :func:`reconstruct_model` did: the settings, a :class:`LayerRefit` per layer, the seconds
+    (OWL's allocation included) and the sparsity ρ_ℓ of each layer."""
 
     config: dict
     n_calibration: int
     n_validation: int
     per_layer: list[LayerRefit]
     seconds: float
+    layer_sparsity: dict[int, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -313,13 +322,14 @@ def reconstruct_model(
         )
     done = _checked_done(model, layers, SCOPES[config.scope], done)
     start, pruned, rows = time.perf_counter(), {}, []
+    sparsity = layer_sparsities(model, calib_ids, config, layers)
     for index in tqdm(range(max(layers) + 1), desc="reconstruct", unit="layer", disable=not progress):
         if index in done:
             pruned[index] = done[index]
             rows.append(LayerRefit(index, None, None, None, None, 0, 0.0))
         elif index in layers:
             windows = {name: LayerWindow.of(model, index, *stream) for name, stream in streams.items()}
-            pruned[index], row = _reconstruct_layer(index, windows, config)
+            pruned[index], row = _reconstruct_layer(index, windows, config, sparsity[index])
             rows.append(row)
             if on_layer is not None:
                 on_layer(index, pruned[index])
@@ -328,7 +338,8 @@ def reconstruct_model(
             out = run_layer(model, index, hidden, kwargs, batch_size=config.batch_size, overrides=overrides)
             streams[name] = (out, kwargs)
     n_validation = 0 if validation_ids is None else int(validation_ids.shape[0])
-    report = ReconstructReport(asdict(config), int(calib_ids.shape[0]), n_validation, rows, time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    report = ReconstructReport(asdict(config), int(calib_ids.shape[0]), n_validation, rows, seconds, sparsity)
     return pruned, report
 
 
@@ -350,13 +361,24 @@ def _checked_done(
     return done
 
 
+def layer_sparsities(
+    model: nn.Module, calib_ids: Tensor, config: ReconstructConfig, layers: list[int]
+) -> dict[int, float]:
+    """ρ_ℓ of each layer pruned: ρ everywhere, or OWL's from the calibration sequences."""
+    if config.allocation == "uniform":
+        return dict.fromkeys(layers, config.sparsity)
+    ratios = layer_outlier_ratios(model, calib_ids, SCOPES[config.scope], layers, batch_size=config.batch_size)
+    return dict(zip(ratios, owl_sparsities(list(ratios.values()), config.sparsity), strict=True))
+
+
 def _reconstruct_layer(
-    index: int, windows: dict[str, LayerWindow], config: ReconstructConfig
+    index: int, windows: dict[str, LayerWindow], config: ReconstructConfig, sparsity: float
 ) -> tuple[Weights, LayerRefit]:
-    """The linear support of one layer, then its refit (if any): the weights and the report row."""
+    """The linear support of one layer at ρ_ℓ = ``sparsity``, then its refit (if any): the
+    weights and the report row."""
     tic = time.perf_counter()
     calibration = windows["calibration"]
-    start, masks = linear_support(calibration, config.support, SCOPES[config.scope], config.sparsity)
+    start, masks = linear_support(calibration, config.support, SCOPES[config.scope], sparsity)
     if config.refit is None:
         return start, LayerRefit(index, None, None, None, None, 0, time.perf_counter() - tic)
     fit = objective_for(config.refit.objective, calibration)
