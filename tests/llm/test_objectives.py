@@ -112,3 +112,18 @@ def test_bad_names_are_refused(window, model):
         objective_for("mse", window)
     with pytest.raises(ValueError, match="hidden must be N × T × d"):
         LayerWindow.of(model, 0, torch.zeros(2, 3), window.kwargs)
+
+
+def test_the_fused_attention_output_equals_the_product_of_the_probabilities_and_the_values(window):
+    from attnprune.llm.qk_objective import probabilities_from
+
+    rows = torch.arange(window.n_sequences)
+    weights = pruned_qk(window)
+    P = probabilities_from(*window.queries_keys(weights, rows), window.shape).double()  # (N, h, T, T)
+    s = window.shape
+    V = (window.X @ window.dense("v").T).double().view(4, SEQ, s.kv_heads, s.head_dim).transpose(1, 2)
+    V = V.repeat_interleave(s.group_size, dim=1)  # (N, h, T, k): query head i reads KV head i // (h/g)
+    context = (P @ V).transpose(1, 2).reshape(4, SEQ, s.heads * s.head_dim)
+    expected = context @ window.dense("o").T.double()
+    with torch.no_grad():
+        torch.testing.assert_close(window.attention_output(weights, rows).double(), expected, rtol=1e-5, atol=1e-6)
