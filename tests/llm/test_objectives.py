@@ -72,9 +72,10 @@ def test_attention_and_block_outputs_are_those_of_transformers(model, window):
         block = run_layer(model, 1, window.hidden, window.kwargs, batch_size=4)
     finally:
         handle.remove()
+    close = lambda a, b: torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * float(b.abs().max()))
     with torch.no_grad():
-        torch.testing.assert_close(window.attention_output({}, rows), seen["o"], rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(window.block_output({}, rows), block, rtol=1e-5, atol=1e-6)
+        close(window.attention_output({}, rows), seen["o"])
+        close(window.block_output({}, rows), block)
     torch.testing.assert_close(window.X, attention_input(model, 1, window.hidden))
 
 
@@ -126,4 +127,5 @@ def test_the_fused_attention_output_equals_the_product_of_the_probabilities_and_
     context = (P @ V).transpose(1, 2).reshape(4, SEQ, s.heads * s.head_dim)
     expected = context @ window.dense("o").T.double()
     with torch.no_grad():
-        torch.testing.assert_close(window.attention_output(weights, rows).double(), expected, rtol=1e-5, atol=1e-6)
+        found = window.attention_output(weights, rows).double()  # float32, against a float64 reference
+        torch.testing.assert_close(found, expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
