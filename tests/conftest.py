@@ -146,3 +146,42 @@ def cli_process():
         raise AssertionError(f"the command never paused at {point}: {process.stderr.read()}")
 
     return SimpleNamespace(start=start, wait_for_pause=wait_for_pause)
+
+
+@pytest.fixture(scope="session")
+def weights_hash():
+    """``weights_hash(folder)``: one sha256 of every tensor (name and bytes) of a checkpoint folder's
+    ``model.safetensors``, for bit-for-bit comparisons of two runs."""
+    import hashlib
+
+    from safetensors.torch import load_file
+
+    def digest(folder) -> str:
+        tensors = load_file(folder / "model.safetensors")
+        total = hashlib.sha256()
+        for name in sorted(tensors):
+            total.update(name.encode() + tensors[name].numpy().tobytes())
+        return total.hexdigest()
+
+    return digest
+
+
+@pytest.fixture
+def refused(capsys):
+    """``refused(argv, out, expected)``: ``attnprune prune argv`` exits with status 2 and one line,
+    ``attnprune prune: error: …``, containing every part of ``expected``, and leaves neither ``out``
+    nor a hidden partial folder beside it."""
+    from attnprune import cli
+
+    def check(argv: list[str], out, expected: list[str]) -> str:
+        with pytest.raises(SystemExit) as exit_:
+            cli.main(argv)
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2, err
+        assert err.startswith("attnprune prune: error: ") and err.count("\n") == 1, err
+        for part in expected:
+            assert part in err, f"{part!r} not in {err!r}"
+        assert not out.exists() and not list(out.parent.glob(".*attnprune-partial"))
+        return err
+
+    return check

@@ -9,7 +9,6 @@ subprocess and stop it with SIGINT or SIGKILL at a test-only pause (``ATTNPRUNE_
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -17,7 +16,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from attnprune import cli
 
@@ -316,21 +314,13 @@ def test_no_progress_hides_hugging_faces_bars_too(paths, tmp_path, capsys):
     assert "Writing model shards" not in capsys.readouterr().err
 
 
-def _weights_hash(folder: Path) -> str:
-    tensors = load_file(folder / "model.safetensors")
-    digest = hashlib.sha256()
-    for name in sorted(tensors):
-        digest.update(name.encode() + tensors[name].numpy().tobytes())
-    return digest.hexdigest()
-
-
 @pytest.mark.parametrize("method", ["ours", "sparsegpt"])
-def test_two_runs_give_identical_weights(method, paths, tmp_path, capsys):
+def test_two_runs_give_identical_weights(method, paths, tmp_path, capsys, weights_hash):
     argv = _replace(_prune(*(["--steps", "3"] if method == "ours" else [])), "--method", method)
     hashes = []
     for run in ("a", "b"):
         _run_ok(argv, paths, tmp_path / run, capsys)
-        hashes.append(_weights_hash(tmp_path / run))
+        hashes.append(weights_hash(tmp_path / run))
     assert hashes[0] == hashes[1]
 
 
@@ -368,7 +358,9 @@ def test_a_kill_leaves_no_partial_out(point, paths, tmp_path, capsys, cli_proces
     assert exit_.value.code == 2 and "--resume" in capsys.readouterr().err
 
 
-def test_resume_after_a_kill_gives_the_uninterrupted_weights_bit_for_bit(paths, tmp_path, capsys, cli_process):
+def test_resume_after_a_kill_gives_the_uninterrupted_weights_bit_for_bit(
+    paths, tmp_path, capsys, cli_process, weights_hash
+):
     whole = tmp_path / "whole"
     assert cli.main(_ours(paths, whole)) == 0
     capsys.readouterr()
@@ -386,7 +378,7 @@ def test_resume_after_a_kill_gives_the_uninterrupted_weights_bit_for_bit(paths, 
     assert cli.main(_ours(paths, out, "--resume")) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["resumed_layers"] == [0] and not partial.exists()
-    assert _weights_hash(out) == _weights_hash(whole)
+    assert weights_hash(out) == weights_hash(whole)
     expected = json.loads((whole / cli.SUMMARY).read_text())["per_layer"]
     assert [row["fit_error"] for row in summary["per_layer"]] == [row["fit_error"] for row in expected]
 
