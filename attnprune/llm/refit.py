@@ -202,6 +202,7 @@ class _RefitLoss:
     config: RefitConfig
     batch_size: int
     order: list[list[int]] = field(init=False)
+    norms: list[float] = field(init=False)
 
     def __post_init__(self) -> None:
         n = self.objective.window.n_sequences
@@ -230,7 +231,7 @@ class _RefitLoss:
 @dataclass
 class _Best:
     """Early stopping: the validation error of the weights at step 0 and every ``check_every``
-    steps (and the last); keeps the best (all steps' weights are the last ones without validation)."""
+    steps (and at the last); keeps the best. Without validation, the last step's weights."""
 
     names: list[str]
     validation: Objective | None
