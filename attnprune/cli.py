@@ -56,7 +56,7 @@ import torch
 from .core.baselines import LINEAR
 from .llm.data import DATASETS, evaluation_sequences, load_texts, token_sequences
 from .llm.models import OFFLINE_MODEL, PAPER_MODEL, load_model
-from .llm.objectives import MODULES, OBJECTIVES
+from .llm.objectives import OBJECTIVES
 from .llm.prune import CAPTURES, METHODS, OURS_DEFAULTS, REFIT_DEFAULTS
 from .llm.refit import SCOPES, RefitConfig
 from .records.results import versions, write_json
@@ -994,8 +994,9 @@ def _prune(args: argparse.Namespace, config, out: Output) -> dict:
 def _reconstruct(args: argparse.Namespace, config, out: Output, model, tokenizer, calib, validation) -> dict:
     """``prune`` with --objective or --scope: :func:`attnprune.llm.refit.reconstruct_model`, its
     weights written into the model (ours to change), then the checkpoint."""
-    from .llm.models import decoder_layers, linear_weight_count
-    from .llm.refit import reconstruct_model
+    from .core.solver import zero_fraction
+    from .llm.models import decoder_layers
+    from .llm.refit import reconstruct_model, write_weights
 
     names = SCOPES[config.scope]
     done = out.finished_layers(args.device, names) if args.resume else {}
@@ -1008,14 +1009,9 @@ def _reconstruct(args: argparse.Namespace, config, out: Output, model, tokenizer
         done=done,
         on_layer=out.save_layer,
     )
-    blocks = decoder_layers(model)
-    with torch.no_grad():  # in place: no copy of the model
-        for index, layer_weights in weights.items():
-            for name, W in layer_weights.items():
-                blocks[index].get_submodule(MODULES[name]).weight.copy_(W)
-    zeros = lambda tensors: sum(int((W == 0).sum()) for W in tensors)
+    write_weights(model, weights)  # this model is ours to change: it is written out pruned
     pruned = [W for layer_weights in weights.values() for W in layer_weights.values()]
-    linear = [m.weight for m in blocks.modules() if isinstance(m, torch.nn.Linear)]
+    linear = [m.weight for m in decoder_layers(model).modules() if isinstance(m, torch.nn.Linear)]
     by_name = {name: [layer_weights[name] for layer_weights in weights.values()] for name in names}
     summary = {
         "command": "prune",
@@ -1030,9 +1026,9 @@ def _reconstruct(args: argparse.Namespace, config, out: Output, model, tokenizer
         "out": args.out,
         **report.to_dict(),
         "sparsity_summary": {
-            "pruned_weights": zeros(pruned) / sum(W.numel() for W in pruned),
-            "by_name": {name: zeros(Ws) / sum(W.numel() for W in Ws) for name, Ws in by_name.items()},
-            "model_linear_weights": zeros(linear) / linear_weight_count(model),
+            "pruned_weights": zero_fraction(pruned),
+            "by_name": {name: zero_fraction(Ws) for name, Ws in by_name.items()},
+            "model_linear_weights": zero_fraction(linear),
         },
         "resumed_layers": sorted(done),
         "versions": versions(),

@@ -404,12 +404,17 @@ def block_overrides(weights: Weights) -> dict[str, Tensor]:
 
 
 @torch.no_grad()
-def with_weights(model: nn.Module, weights: LayerWeights) -> nn.Module:
-    """A copy of ``model`` with ``weights`` written into it (``model`` is not changed): what a
-    perplexity evaluation or ``save_pretrained`` of the pruned model takes."""
-    pruned = copy.deepcopy(model)
-    blocks = decoder_layers(pruned)
+def write_weights(model: nn.Module, weights: LayerWeights) -> None:
+    """Write ``weights`` (layer → short name → weight) into ``model`` in place."""
+    blocks = decoder_layers(model)
     for index, layer_weights in weights.items():
         for name, W in layer_weights.items():
             blocks[index].get_submodule(MODULES[name]).weight.copy_(W)
+
+
+def with_weights(model: nn.Module, weights: LayerWeights) -> nn.Module:
+    """A copy of ``model`` with ``weights`` written into it (``model`` is not changed): what a
+    perplexity evaluation of the pruned model takes."""
+    pruned = copy.deepcopy(model)
+    write_weights(pruned, weights)
     return pruned
