@@ -56,10 +56,17 @@ class Setting:
         return ReconstructConfig(self.support, sparsity, self.scope, refit, layers, batch_size, self.allocation)
 
 
-def sweep_settings(objectives: list[str], supports: list[str], refit: RefitConfig, scope: str = "qk") -> list[Setting]:
-    """The baselines, then every objective × support."""
-    baselines = [Setting(method, scope=scope) for method in BASELINES]
-    return baselines + [Setting(s, o, scope, refit) for s in supports for o in objectives]
+def sweep_settings(
+    objectives: list[str], supports: list[str], refit: RefitConfig, recommended: str, scope: str = "qk"
+) -> list[Setting]:
+    """The baselines, the recommended refit (the ``recommended`` support, ``refit``'s objective),
+    then one factor at a time: the recommended support with each other of ``objectives``, and each
+    other of ``supports`` with ``refit``'s objective (the full product costs supports × objectives
+    refits, and the probability objectives cost 2-3× the attention output's)."""
+    best = Setting(recommended, refit.objective, scope, refit)
+    objective_rows = [Setting(recommended, o, scope, refit) for o in objectives if o != refit.objective]
+    support_rows = [Setting(s, refit.objective, scope, refit) for s in supports if s != recommended]
+    return [Setting(method, scope=scope) for method in BASELINES] + [best, *objective_rows, *support_rows]
 
 
 def run_settings(

@@ -155,12 +155,14 @@ def linear_support(
 @dataclass
 class RefitResult:
     """The outcome of :func:`refit`: the refitted weights (B∘W̃), the trace (with the validation
-    checks), the step whose weights were kept (0: the linear method's) and their validation error."""
+    checks), the step whose weights were kept (0: the linear method's), their validation error and
+    that of the linear method's weights (the check before the first step)."""
 
     weights: Weights
     trace: Trace
     step: int
     validation_error: float | None
+    validation_start: float | None = None
 
 
 def refit(
@@ -179,7 +181,7 @@ def refit(
     supports = [masks[name].to(params[i]) for i, name in enumerate(names)]
     loss = _RefitLoss(objective, names, supports, [start[name].detach() for name in names], config, batch_size)
     keeper = _Best(names, validation, config, batch_size)
-    keeper.check(0, params)
+    first = keeper.check(0, params)
     trace = descend(
         params,
         loss,
@@ -188,7 +190,7 @@ def refit(
         project=lambda ps, t: [p.mul_(b) for p, b in zip(ps, supports, strict=True)],
         after_step=keeper,
     )
-    return RefitResult(keeper.weights(params), trace, keeper.step, keeper.error)
+    return RefitResult(keeper.weights(params), trace, keeper.step, keeper.error, first)
 
 
 @dataclass
@@ -309,16 +311,17 @@ def reconstruct_model(
     """Prune ``model`` as ``config`` says (module docstring), without changing it: the pruned
     weights, layer → (name → weight), and a :class:`ReconstructReport`. ``validation_ids`` (N_v, T)
     are held-out sequences of the calibration source for early stopping (never the evaluation
-    text). Resuming: ``done`` holds layers pruned by an earlier, interrupted call with the same
-    config and inputs; they are not pruned again but run with those weights, so the later layers
-    see the same inputs and the result is the same, bit for bit (their report row: 0 seconds).
+    text; a linear method alone, without a refit, does not run them). Resuming: ``done`` holds
+    layers pruned by an earlier, interrupted call with the same config and inputs; they are not
+    pruned again but run with those weights, so the later layers see the same inputs and the
+    result is the same, bit for bit (their report row: 0 seconds).
     ``on_layer(layer, weights)`` is called after each layer this call prunes, e.g. to save it."""
     if not isinstance(config, ReconstructConfig):
         raise ValueError(f"config must be a ReconstructConfig, got {type(config).__name__}")
     calib_ids = check_input_ids(calib_ids, model)
     layers = check_layers(model, None if config.layers is None else list(config.layers))
     streams = {"calibration": layer_inputs(model, calib_ids, batch_size=config.batch_size)}
-    if validation_ids is not None:
+    if validation_ids is not None and config.refit is not None:  # only a refit stops early
         streams["validation"] = layer_inputs(
             model, check_input_ids(validation_ids, model), batch_size=config.batch_size
         )
@@ -339,7 +342,7 @@ def reconstruct_model(
         for name, (hidden, kwargs) in streams.items():
             out = run_layer(model, index, hidden, kwargs, batch_size=config.batch_size, overrides=overrides)
             streams[name] = (out, kwargs)
-    n_validation = 0 if validation_ids is None else int(validation_ids.shape[0])
+    n_validation = int(validation_ids.shape[0]) if "validation" in streams else 0
     seconds = time.perf_counter() - start
     report = ReconstructReport(asdict(config), int(calib_ids.shape[0]), n_validation, rows, seconds, sparsity)
     return pruned, report
@@ -390,7 +393,7 @@ def _reconstruct_layer(
         index,
         fit.relative_error(start, config.batch_size),
         fit.relative_error(result.weights, config.batch_size),
-        None if held is None else held.relative_error(start, config.batch_size),
+        result.validation_start,
         result.validation_error,
         result.step,
         time.perf_counter() - tic,

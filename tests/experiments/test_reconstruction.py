@@ -36,9 +36,12 @@ def test_no_gap_gives_no_fraction():
     assert math.isnan(gap_table(perplexity).set_index("candidate").loc["sparsegpt", "closed"])
 
 
-def test_settings_are_the_baselines_then_every_objective_and_support():
-    settings = sweep_settings(["kl", "output"], ["wanda"], RefitConfig(steps=3))
-    assert [s.label for s in settings] == ["wanda", "sparsegpt", "wanda + refit (kl)", "wanda + refit (output)"]
+def test_settings_are_the_baselines_the_recommended_refit_then_one_factor_at_a_time():
+    settings = sweep_settings(["kl", "frobenius", "output"], ["wanda", "sparsegpt"], RefitConfig(steps=3), "sparsegpt")
+    assert [s.label for s in settings] == [
+        "wanda", "sparsegpt", "sparsegpt + refit (output)", "sparsegpt + refit (kl)", "sparsegpt + refit (frobenius)",
+        "wanda + refit (output)",
+    ]  # fmt: skip
     config = settings[-1].config(0.5, layers=[0])
     assert config.refit.objective == "output" and config.refit.steps == 3 and config.layers == (0,)
     assert Setting("wanda").config(0.5).refit is None

@@ -109,6 +109,23 @@ def test_reconstruct_model_without_refit_is_the_linear_method_of_prune_model(mod
             torch.testing.assert_close(ours[layer]["k"], Wk, rtol=1e-5, atol=1e-7)
 
 
+def test_a_linear_method_alone_does_not_run_the_validation_sequences(model, ids):
+    config = ReconstructConfig("wanda", 0.5, refit=None, batch_size=2)
+    with_validation, report = reconstruct_model(model, ids[:4], config, validation_ids=ids[4:])
+    without, _ = reconstruct_model(model, ids[:4], config)
+    assert report.n_validation == 0
+    assert all(torch.equal(with_validation[i][n], without[i][n]) for i in without for n in without[i])
+
+
+def test_the_validation_start_is_the_linear_methods_held_out_error(model, ids, make_window):
+    config = ReconstructConfig("sparsegpt", 0.5, refit=RefitConfig(steps=2), layers=(0,), batch_size=2)
+    _, report = reconstruct_model(model, ids[:4], config, validation_ids=ids[4:])
+    start, _ = linear_support(make_window(model, ids[:4], index=0), "sparsegpt", SCOPES["qk"], 0.5)
+    expected = objective_for("output", make_window(model, ids[4:], index=0)).relative_error(start, 2)
+    assert report.n_validation == 2
+    assert report.per_layer[0].validation_start == pytest.approx(expected, rel=1e-5)
+
+
 def test_reconstruct_model_refits_every_layer_and_leaves_the_model_untouched(model, ids):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     config = ReconstructConfig("sparsegpt", 0.5, scope="qkvo", refit=RefitConfig(steps=3), batch_size=2)
