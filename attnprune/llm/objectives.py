@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from .models import AttentionShape, attention_shape, decoder_layers
-from .qk_objective import probabilities_from, queries_keys
+from .qk_objective import probabilities_from, probability_error, queries_keys
 
 MODULES = {
     "q": "self_attn.q_proj",
@@ -203,7 +203,7 @@ class ProbabilityFrobenius(Objective):
     def error(self, weights: Weights, rows: Tensor) -> Tensor:
         with torch.no_grad():
             target = self._target(rows)
-        return (probabilities_from(*self.window.queries_keys(weights, rows), self.window.shape) - target).square().sum()
+        return probability_error(*self.window.queries_keys(weights, rows), target, self.window.shape)
 
 
 class ProbabilityKL(ProbabilityFrobenius):

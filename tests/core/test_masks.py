@@ -36,6 +36,28 @@ def test_ties_are_broken_deterministically_by_position():
     assert first.flatten()[:8].sum() == 0 and first.flatten()[8:].sum() == 8
 
 
+def stable_sort_mask(score, sparsity, group):
+    """The reference rule: drop the first round(ρ·size) entries of a stable sort of each group."""
+    flat = score.flatten(-2) if group == "matrix" else score
+    mask = torch.ones_like(flat)
+    k = n_pruned(flat.shape[-1], sparsity)
+    if k:
+        mask.scatter_(-1, torch.argsort(flat, dim=-1, stable=True)[..., :k], 0.0)
+    return mask.reshape(score.shape)
+
+
+@pytest.mark.parametrize("group", ["matrix", "row"])
+@pytest.mark.parametrize("seed", range(12))
+def test_the_mask_is_the_first_entries_of_a_stable_sort_even_with_many_ties(group, seed):
+    generator = torch.Generator().manual_seed(seed)
+    shape = [(3, 7, 9), (5, 5), (1, 13), (4, 2, 3)][seed % 4]
+    score = torch.randint(0, 3, shape, generator=generator).to(torch.float32)  # heavy ties
+    if seed % 3 == 0:
+        score = torch.randn(shape, generator=generator)
+    for rho in (0.1, 0.3, 0.5, 0.77, 0.99):
+        assert torch.equal(hard_mask(score, rho, group), stable_sort_mask(score, rho, group))
+
+
 def test_n_pruned_is_round_of_rho_times_size():
     assert n_pruned(10, 0.25) == round(2.5) == 2
     assert n_pruned(4096, 0.5) == 2048

@@ -5,6 +5,7 @@ test_prune.py."""
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -14,8 +15,15 @@ from attnprune.core.masks import n_pruned
 from attnprune.llm import models
 from attnprune.llm import prune as pipeline
 from attnprune.llm.capture import capture_attention_inputs, layer_inputs
-from attnprune.llm.models import attention_shape
-from attnprune.llm.qk_objective import LayerProblem, _chunk_order, attention_probabilities, fit_qk
+from attnprune.llm.models import AttentionShape, attention_shape
+from attnprune.llm.qk_objective import (
+    LayerProblem,
+    _chunk_order,
+    attention_probabilities,
+    fit_qk,
+    probabilities_from,
+    probability_error,
+)
 
 SEQ = 24
 
@@ -158,3 +166,22 @@ def test_bad_inputs_name_the_argument(layer1):
         fit_qk(layer1, 1.0)
     with pytest.raises(ValueError, match="Wq"):
         layer1.relative_error(layer1.Wk, layer1.Wk)
+
+
+@pytest.mark.parametrize("T", [1, 3, 6, 17])
+def test_the_probability_error_and_its_closed_form_gradient_match_autograd_in_float64(T):
+    shape = AttentionShape(layers=1, heads=6, kv_heads=2, head_dim=8, hidden=48)
+    generator = torch.Generator().manual_seed(T)
+    q = torch.randn(2, 6, T, 8, dtype=torch.float64, generator=generator, requires_grad=True)
+    k = torch.randn(2, 2, T, 8, dtype=torch.float64, generator=generator, requires_grad=True)
+    with torch.no_grad():
+        target = probabilities_from(1.3 * q, 0.7 * k, shape)
+    grouped = q.reshape(2, 2, 3, T, 8)  # the plain formula, through autograd
+    S = (grouped @ k.unsqueeze(2).transpose(-1, -2)).reshape(2, 6, T, T) / math.sqrt(8)
+    P = torch.softmax(S.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf")), dim=-1)
+    reference = (P - target).square().sum()
+    fused = probability_error(q, k, target, shape)
+    torch.testing.assert_close(fused, reference, rtol=1e-12, atol=1e-14)
+    for ours, theirs in zip(torch.autograd.grad(fused, (q, k)), torch.autograd.grad(reference, (q, k)), strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-13)
+    assert torch.equal(probabilities_from(q, k, shape), probabilities_from(q, k, shape).tril())  # causal: exact zeros
