@@ -17,7 +17,13 @@ from .checks import check_bool, check_inner_dim, check_square, check_tensor
 
 def causal_mask(n: int, device: torch.device | None = None) -> Tensor:
     """C ∈ {0,1}^{n×n} with C_ij = 1 iff j ≤ i (Definition 3.1), as a bool tensor."""
-    return torch.ones(n, n, dtype=torch.bool, device=device).tril()
+    return ~future_mask(0, n, device)
+
+
+def future_mask(start: int, stop: int, device: torch.device | None = None) -> Tensor:
+    """The complement of C for query rows start..stop−1 and keys 0..stop−1: True where key j lies
+    after row i (j > i), the entries a causal softmax sets to −inf; (stop − start) × stop, bool."""
+    return torch.ones(stop - start, stop, dtype=torch.bool, device=device).triu_(start + 1)
 
 
 def scores(X: Tensor, W: Tensor) -> Tensor:

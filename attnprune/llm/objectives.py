@@ -39,6 +39,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from ..core.attention import future_mask
 from .models import AttentionShape, attention_shape, decoder_layers
 from .qk_objective import probabilities_from, probability_error, queries_keys
 
@@ -114,8 +115,7 @@ class LayerWindow:
         b, _, T, hd = q.shape
         grouped = q.reshape(b, self.shape.kv_heads, self.shape.group_size, T, hd)  # (b, g, h/g, T, k)
         S = (grouped @ k.unsqueeze(2).transpose(-1, -2)).reshape(b, self.shape.heads, T, T) / math.sqrt(hd)
-        future = torch.ones(T, T, dtype=torch.bool, device=S.device).triu(1)
-        return torch.log_softmax(S.masked_fill(future, torch.finfo(S.dtype).min), dim=-1)
+        return torch.log_softmax(S.masked_fill(future_mask(0, T, S.device), torch.finfo(S.dtype).min), dim=-1)
 
     def attention_output(self, weights: Weights, rows: Tensor) -> Tensor:
         """O(W̃) (b, T, d): softmax(C ∘ QKᵀ/√k) V, heads concatenated, through o_proj. The product

@@ -46,16 +46,11 @@ from ..core.solver import OUTPUTS, SCHEDULES, SCORES
 from .batches import check_input_ids
 from .capture import attention_input, check_layers, layer_inputs, run_layer
 from .models import attention_shape, decoder_layers, linear_weight_count, qk_modules
-from .qk_objective import SELECTIONS, LayerProblem, fit_qk
+from .qk_objective import OURS_DEFAULTS, SELECTIONS, LayerProblem, fit_qk
 
 METHODS = ("ours", *LINEAR)
 CAPTURES = ("sequential", "dense")
-OURS_DEFAULTS = {"steps": 160, "lr": 0.01, "schedule": "final-decay", "sequences_per_step": 1}
-"""**[choice]** ours from the dense model: 160 Adam steps of size 0.01, decaying linearly to 0 over
-the last quarter, one calibration sequence per step (stochastic steps: on SmolLM2 they fitted
-better than full-batch steps at the same cost; without the final decay the noise of the last
-steps set a floor on the error at low ρ)."""
-REFIT_DEFAULTS = {"steps": 40, "lr": 0.005, "schedule": "cosine", "sequences_per_step": 1}
+REFIT_DEFAULTS = {"steps": 40, "lr": 0.005, "schedule": "cosine", "ramp": 0.5, "sequences_per_step": 1}
 """**[choice]** ours refitting a linear method's support (``support=...``): it starts from a good
 solution, so fewer, smaller steps, decaying to 0 (larger steps first undo the linear fit)."""
 QKWeights = dict[int, tuple[Tensor, Tensor]]
@@ -67,11 +62,12 @@ QKWeights = dict[int, tuple[Tensor, Tensor]]
 class FitConfig:
     """The settings of ours (:func:`~attnprune.llm.qk_objective.fit_qk`), checked once here.
 
-    ``steps``, ``lr``, ``schedule`` left at None take :data:`OURS_DEFAULTS`, or :data:`REFIT_DEFAULTS`
-    with a ``support`` (a linear method whose support and weights are kept and refitted);
-    ``sequences_per_step`` calibration sequences per descent step (None: all of them at every
-    step); ``lam`` λ and ``anchor`` μ shape the objective; ``output``, ``selection``, ``ramp``,
-    ``score``, ``group``, ``check_every`` and ``seed`` are those of ``fit_qk``.
+    ``steps``, ``lr``, ``schedule`` and ``ramp`` left at None take
+    :data:`~attnprune.llm.qk_objective.OURS_DEFAULTS`, or :data:`REFIT_DEFAULTS` with a ``support``
+    (a linear method whose support and weights are kept and refitted); ``sequences_per_step``
+    calibration sequences per descent step (None: all of them at every step); ``lam`` λ and
+    ``anchor`` μ shape the objective; ``output``, ``selection``, ``score``, ``group``,
+    ``check_every`` and ``seed`` are those of ``fit_qk``.
     """
 
     steps: int | None = None
@@ -83,7 +79,7 @@ class FitConfig:
     support: str | None = None
     lam: float = 0.0
     anchor: float = 0.0
-    ramp: float = 0.5
+    ramp: float | None = None
     score: str = "magnitude"
     group: str = "row"
     check_every: int = 5
@@ -93,7 +89,7 @@ class FitConfig:
         if self.support is not None:
             check_choice("support", self.support, LINEAR)
         defaults = REFIT_DEFAULTS if self.support is not None else OURS_DEFAULTS
-        for name in ("steps", "lr", "schedule"):
+        for name in ("steps", "lr", "schedule", "ramp"):
             if getattr(self, name) is None:
                 object.__setattr__(self, name, defaults[name])
         check_positive_int("steps", self.steps)

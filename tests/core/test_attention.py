@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from attnprune.core.attention import attention_matrix, causal_mask, relative_error, row_entropy
+from attnprune.core.attention import attention_matrix, causal_mask, future_mask, relative_error, row_entropy
 
 
 def random_problem(n=6, d=4, scale=1.0, seed=0):
@@ -38,6 +38,17 @@ def test_causal_entries_above_the_diagonal_are_exactly_zero():
     expected = torch.exp(X @ W @ X.T) * C
     assert torch.allclose(A, expected / expected.sum(-1, keepdim=True))
     assert A[0, 0] == 1.0
+
+
+def test_causal_mask_is_lower_triangular():
+    assert torch.equal(causal_mask(5), torch.tril(torch.ones(5, 5)).bool())
+
+
+@pytest.mark.parametrize(("start", "stop"), [(0, 1), (0, 7), (3, 7), (6, 7), (2, 3)])
+def test_future_mask_is_the_complement_of_c_on_a_block_of_rows(start, stop):
+    """Rows start..stop−1 against keys 0..stop−1: True exactly where j > i."""
+    expected = ~causal_mask(stop)[start:stop]
+    assert torch.equal(future_mask(start, stop), expected)
 
 
 @pytest.mark.parametrize("causal", [False, True])

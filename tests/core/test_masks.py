@@ -77,3 +77,19 @@ def test_sparsity_outside_the_unit_interval_is_refused(rho):
 def test_unknown_group_is_refused():
     with pytest.raises(ValueError, match="group"):
         hard_mask(torch.ones(3, 3), 0.5, "column")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.int64])
+def test_the_mask_has_the_scores_dtype_and_the_stable_sort_rule(dtype):
+    generator = torch.Generator().manual_seed(3)
+    score = torch.randint(0, 50, (6, 40), generator=generator).to(dtype)  # ties in every dtype
+    for group in ("row", "matrix"):
+        B = hard_mask(score, 0.5, group)
+        assert B.dtype == dtype
+        assert torch.equal(B, stable_sort_mask(score, 0.5, group))
+
+
+def test_infinite_scores_are_ranked_not_refused():
+    """+inf and −inf in one group make the sum NaN; only a real NaN is refused."""
+    score = torch.tensor([[float("inf"), 1.0, float("-inf"), 2.0]])
+    assert hard_mask(score, 0.5, "row").tolist() == [[1.0, 0.0, 0.0, 1.0]]

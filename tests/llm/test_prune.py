@@ -57,14 +57,15 @@ def written(model, weights):
 
 # -- the configuration ------------------------------------------------------------------------------
 def test_defaults_are_ours_and_the_refits():
-    assert OURS_DEFAULTS == {"steps": 160, "lr": 0.01, "schedule": "final-decay", "sequences_per_step": 1}
-    assert REFIT_DEFAULTS == {"steps": 40, "lr": 0.005, "schedule": "cosine", "sequences_per_step": 1}
+    assert OURS_DEFAULTS == {"steps": 130, "lr": 0.01, "schedule": "final-decay", "ramp": 0.25, "sequences_per_step": 1}
+    assert REFIT_DEFAULTS == {"steps": 40, "lr": 0.005, "schedule": "cosine", "ramp": 0.5, "sequences_per_step": 1}
     ours = PruneConfig("ours", 0.5).fit
     assert {k: getattr(ours, k) for k in OURS_DEFAULTS} == OURS_DEFAULTS
     refit = PruneConfig.from_options("ours", 0.5, support="sparsegpt").fit
     assert {k: getattr(refit, k) for k in REFIT_DEFAULTS} == REFIT_DEFAULTS and refit.support == "sparsegpt"
     given = FitConfig(steps=7, support="wanda", sequences_per_step=None)
     assert (given.steps, given.lr, given.sequences_per_step) == (7, REFIT_DEFAULTS["lr"], None)
+    assert FitConfig(ramp=0.4).ramp == 0.4 and FitConfig(support="wanda").ramp == REFIT_DEFAULTS["ramp"]
     linear = PruneConfig("wanda", 0.5, layers=[1, 0, 1])
     assert linear.fit is None and linear.layers == (0, 1) and linear.capture == "sequential"
     with pytest.raises(dataclasses.FrozenInstanceError):
