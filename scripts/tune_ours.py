@@ -36,10 +36,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--settings",
         nargs="+",
-        default=["160:0.5", "130:0.25", "120:0.25", "120:0.2"],
+        default=["160:0.5", "130:0.25", "120:0.25", "120:0.2", "120:0.5"],
         help="STEPS:RAMP settings, the first the reference (default: 160:0.5, the earlier default, and others)",
     )
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1], help="seeds of the step order")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds of the step order")
     parser.add_argument("--lr", type=float, default=None, help="Adam step size (default: OURS_DEFAULTS)")
     parser.add_argument("--n-calibration", type=int, default=8, help="calibration sequences (default 8)")
     parser.add_argument("--n-heldout", type=int, default=8, help="held-out sequences (default 8)")
