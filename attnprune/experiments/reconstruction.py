@@ -31,6 +31,10 @@ BASELINES = ("wanda", "sparsegpt")
 """The linear methods the refits are compared with (the best of them at each point)."""
 PAPER = "ours (the paper's)"
 MULTIPLICATIVE = "ours + SparseGPT support, multiplicative (ch. 08)"
+PAPER_SPARSEGPT = "sparsegpt, timed as the paper's"
+"""SparseGPT alone through the paper's pipeline (:func:`~attnprune.llm.prune.prune_model`, no
+validation stream), timed before and after the reference rows: their time's yardstick."""
+REFIT_PIPELINE, PAPER_PIPELINE = "reconstruct_model", "prune_model"
 
 
 @dataclass(frozen=True)
@@ -93,7 +97,8 @@ def run_settings(
             rows.append(
                 {"candidate": name, "support": setting.support, "objective": setting.objective or "none",
                  "scope": setting.scope, "rho": rho, "n_calibration": int(calib_ids.shape[0]),
-                 "seconds": report.seconds, **fit.drop(columns=["layer", "seconds"]).mean().to_dict()}
+                 "pipeline": REFIT_PIPELINE, "seconds": report.seconds,
+                 **fit.drop(columns=["layer", "seconds"]).mean().to_dict()}
             )  # fmt: skip
     return pd.DataFrame(rows), weights
 
@@ -108,21 +113,48 @@ def reference_weights(
     batch_size: int = 8,
 ) -> tuple[pd.DataFrame, dict[tuple[str, float], LayerWeights]]:
     """The reference rows on q/k: the paper's method (support chosen by descent) and chapter 08's
-    multiplicative refit of SparseGPT's support, through :func:`attnprune.llm.prune.prune_model`."""
+    multiplicative refit of SparseGPT's support, through :func:`attnprune.llm.prune.prune_model`;
+    and SparseGPT alone through the same pipeline (:data:`PAPER_SPARSEGPT`, no weights kept),
+    timed once before and once after them, so that their times are compared like for like and the
+    drift of the machine's speed shows in the two timings."""
     rows, weights = [], {}
-    for name, fit in [(PAPER, FitConfig()), (MULTIPLICATIVE, FitConfig(support="sparsegpt"))]:
-        for rho in sparsities:
-            config = PruneConfig(
-                "ours", rho, layers=None if layers is None else tuple(layers), batch_size=batch_size, fit=fit
-            )
-            pruned, report = prune_model(
-                model, calib_ids, config, validation_ids=validation_ids if fit.support else None
-            )
-            weights[name, rho] = {layer: {"q": Wq, "k": Wk} for layer, (Wq, Wk) in pruned.items()}
-            rows.append({"candidate": name, "support": fit.support or "descent", "objective": "frobenius",
-                         "scope": "qk", "rho": rho, "n_calibration": int(calib_ids.shape[0]),
+    bracket = [(PAPER_SPARSEGPT, None), (PAPER, FitConfig()), (MULTIPLICATIVE, FitConfig(support="sparsegpt"))]
+    for rho in sparsities:
+        for name, fit in [*bracket, bracket[0]]:
+            method = "sparsegpt" if fit is None else "ours"
+            layer_tuple = None if layers is None else tuple(layers)
+            config = PruneConfig(method, rho, layers=layer_tuple, batch_size=batch_size, fit=fit)
+            validation = validation_ids if fit is not None and fit.support else None
+            pruned, report = prune_model(model, calib_ids, config, validation_ids=validation)
+            if fit is not None:
+                weights[name, rho] = {layer: {"q": Wq, "k": Wk} for layer, (Wq, Wk) in pruned.items()}
+            rows.append({"candidate": name, "support": "sparsegpt" if fit is None else fit.support or "descent",
+                         "objective": "none" if fit is None else "frobenius", "scope": "qk", "rho": rho,
+                         "n_calibration": int(calib_ids.shape[0]), "pipeline": PAPER_PIPELINE,
                          "seconds": report.seconds})  # fmt: skip
     return pd.DataFrame(rows), weights
+
+
+def time_multiples(timing: pd.DataFrame, yardsticks: dict[str, str]) -> pd.Series:
+    """Each row's seconds as a multiple of the mean seconds of its pipeline's yardstick at the same
+    ρ: ``yardsticks`` maps a pipeline (the ``pipeline`` column) to the candidate timed as its
+    yardstick (SparseGPT through that pipeline, on the same data), so that every method is compared
+    with SparseGPT run the way it runs itself."""
+    multiples = pd.Series(math.nan, index=timing.index)
+    for pipeline, candidate in yardsticks.items():
+        reference = timing[timing["candidate"] == candidate].groupby("rho")["seconds"].mean()
+        rows = timing["pipeline"] == pipeline
+        multiples[rows] = timing.loc[rows, "seconds"] / timing.loc[rows, "rho"].map(reference)
+    return multiples
+
+
+def multiples_of(timing: pd.DataFrame, candidate: str, yardstick: str) -> pd.DataFrame:
+    """``candidate``'s seconds over each timing of ``yardstick`` at the same ρ (each timing on its
+    own, so that the verdict sees their spread): rows rho, seconds, yardstick_seconds, multiple."""
+    reference = timing[timing["candidate"] == yardstick][["rho", "seconds"]]
+    own = timing[timing["candidate"] == candidate][["rho", "seconds"]]
+    pairs = own.merge(reference.rename(columns={"seconds": "yardstick_seconds"}), on="rho")
+    return pairs.assign(multiple=pairs["seconds"] / pairs["yardstick_seconds"])
 
 
 def perplexity_rows(

@@ -85,6 +85,21 @@ def verdict_from(holds: bool, caveat: bool = False) -> str:
     return "holds with caveats" if caveat else "holds"
 
 
+def verdict_on_times(multiples, limit: float) -> str:
+    """The rule for "costs at most ``limit`` times the yardstick's wall time", given the cost as a
+    multiple of each timing of the yardstick (the same work timed more than once, for its noise):
+
+    - "holds" when every multiple is at most ``limit``;
+    - "holds with caveats" when their median is, but not every one (the margin is within the
+      timing noise);
+    - "fails" when their median is above ``limit``.
+    """
+    multiples = np.asarray(multiples, dtype=float)
+    if multiples.size == 0 or not np.all(np.isfinite(multiples)):
+        raise ValueError(f"multiples must be finite time ratios, at least one, got {multiples.tolist()}")
+    return verdict_from(bool(np.median(multiples) <= limit), caveat=bool(np.any(multiples > limit)))
+
+
 def verdict_on_points(beats, halves) -> str:
     """The book's one rule for "ours beats the best baseline by a large margin", given, at each
     point a claim covers (the chapter states which), whether ours beats the best baseline and

@@ -7,7 +7,13 @@ import math
 import pandas as pd
 import pytest
 
-from attnprune.experiments.reconstruction import Setting, gap_table, sweep_settings
+from attnprune.experiments.reconstruction import (
+    Setting,
+    gap_table,
+    multiples_of,
+    sweep_settings,
+    time_multiples,
+)
 from attnprune.llm.refit import RefitConfig
 
 
@@ -47,3 +53,27 @@ def test_settings_are_the_baselines_the_recommended_refit_then_one_factor_at_a_t
     assert Setting("wanda").config(0.5).refit is None
     with pytest.raises(ValueError, match="does not depend"):
         Setting("wanda", "kl", scope="qkvo").config(0.5)
+
+
+def test_times_are_multiples_of_sparsegpt_run_through_the_same_pipeline():
+    timing = pd.DataFrame(
+        [("sparsegpt", "refit", 0.5, 20.0), ("x + refit", "refit", 0.5, 80.0), ("x + refit", "refit", 0.7, 90.0),
+         ("sparsegpt", "refit", 0.7, 30.0),
+         ("sg, paper", "paper", 0.5, 18.0), ("ours", "paper", 0.5, 95.0), ("sg, paper", "paper", 0.5, 20.0),
+         ("other", "elsewhere", 0.5, 1.0)],
+        columns=["candidate", "pipeline", "rho", "seconds"],
+    )  # fmt: skip
+    times = time_multiples(timing, {"refit": "sparsegpt", "paper": "sg, paper"})
+    assert times.tolist()[:7] == pytest.approx([1.0, 4.0, 3.0, 1.0, 18 / 19, 5.0, 20 / 19])
+    assert math.isnan(times.iloc[7])  # no yardstick for its pipeline
+
+
+def test_a_method_is_divided_by_each_timing_of_its_yardstick_at_the_same_rho():
+    timing = pd.DataFrame(
+        [("sg", 0.5, 20.0), ("ours", 0.5, 100.0), ("sg", 0.5, 25.0), ("ours", 0.7, 90.0), ("sg", 0.7, 30.0)],
+        columns=["candidate", "rho", "seconds"],
+    )
+    pairs = multiples_of(timing, "ours", "sg")
+    assert pairs["rho"].tolist() == [0.5, 0.5, 0.7]
+    assert pairs["yardstick_seconds"].tolist() == [20.0, 25.0, 30.0]
+    assert pairs["multiple"].tolist() == pytest.approx([5.0, 4.0, 3.0])

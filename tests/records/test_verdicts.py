@@ -23,6 +23,27 @@ def test_verdicts_are_one_of_three_words():
     assert verdicts.verdict_from(False, caveat=True) == "fails"
 
 
+@pytest.mark.parametrize(
+    "multiples, expected",
+    [
+        ([4.2, 4.9], "holds"),  # within the limit at every timing of the yardstick
+        ([5.0], "holds"),  # the limit itself is allowed
+        ([4.6, 4.8, 5.3], "holds with caveats"),  # the median is within, one timing is not: noise
+        ([4.8, 5.2], "holds with caveats"),  # the median of two is their mean: 5.0
+        ([4.7, 5.5], "fails"),  # the median above the limit, though one timing is within it
+        ([5.1, 5.6], "fails"),
+    ],
+)
+def test_a_time_limit_holds_at_every_timing_of_the_yardstick(multiples, expected):
+    assert verdicts.verdict_on_times(multiples, 5.0) == expected
+
+
+@pytest.mark.parametrize("multiples", [[], [4.0, float("nan")], [float("inf")]])
+def test_a_time_verdict_needs_finite_multiples(multiples):
+    with pytest.raises(ValueError, match="multiples"):
+        verdicts.verdict_on_times(multiples, 5.0)
+
+
 def test_other_profiles_are_the_sibling_results_folders_with_verdicts(tmp_path):
     book, full = tmp_path / "quick", tmp_path / "offline-full"
     verdicts.record(book, "07_x", [verdicts.Verdict("c", "07_x", "e", "holds")])
