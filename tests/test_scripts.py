@@ -1,4 +1,5 @@
-"""The tuning script's arguments: bad ones are refused with a message that names them."""
+"""The scripts' pure parts: the tuning script's arguments (bad ones refused by name), the benchmark's plan,
+table and time targets."""
 
 from __future__ import annotations
 
@@ -27,3 +28,33 @@ def test_bad_tune_settings_are_refused_by_name(settings, capsys):
     with pytest.raises(SystemExit):
         load_script("tune_ours").parse(["--settings", *settings])
     assert "--settings" in capsys.readouterr().err
+
+
+def test_the_benchmark_times_sparsegpt_before_and_after_the_other_methods():
+    benchmark = load_script("benchmark")
+    assert benchmark.qk_plan(["sparsegpt", "ours"]) == ["sparsegpt", "ours", "sparsegpt", "eval"]
+    assert benchmark.qk_plan(["sparsegpt"]) == ["sparsegpt", "eval"]
+    assert benchmark.qk_plan(["wanda", "ours"]) == ["wanda", "ours", "eval"]
+
+
+def test_the_benchmark_divides_by_the_mean_of_sparsegpt_timings_and_judges_each():
+    benchmark = load_script("benchmark")
+    row = {"layers": 30, "peak_cpu_bytes": 2**30}
+    results = [
+        {"what": "sparsegpt", "seconds": 20.0, **row},
+        {"what": "ours", "seconds": 105.0, **row},
+        {"what": "sparsegpt", "seconds": 22.0, **row},
+        {"what": "wanda", "error": "failed"},
+        {"what": "eval", "seconds": 1.0},
+    ]
+    assert benchmark.yardstick_seconds(results) == [20.0, 22.0]
+    lines = benchmark.table(results, "cpu").splitlines()
+    assert lines[2:] == [
+        "| sparsegpt | 30 | 20.0 | 1.0 | 1.00 |",
+        "| ours | 30 | 105.0 | 5.0 | 1.00 |",
+        "| sparsegpt (timed again) | 30 | 22.0 | 1.0 | 1.00 |",
+        "| wanda | – | failed: failed | – | – |",
+    ]
+    assert benchmark.time_target(104.0, [20.0, 22.0]) == "holds with caveats (5.20×, 4.73×)"
+    assert benchmark.time_target(95.0, [20.0, 22.0]).startswith("holds (")
+    assert benchmark.time_target(120.0, [20.0, 22.0]).startswith("fails (")
