@@ -13,11 +13,10 @@ targets: ours within 5× the wall time of SparseGPT on the same calibration data
 for all layers, under 4 GB of peak memory. SparseGPT is timed twice, before and after the other
 methods, and a time target is judged against each timing by the book's rule (``verdict_on_times``:
 "holds" within 5× of both, "holds with caveats" within 5× of the median multiple only, "fails"
-otherwise).
-Each measurement runs in a fresh process, so peaks do
-not carry over. ``--random-llama-1b`` builds a randomly initialised model of Llama 3.2-1B's exact
-shape (no weights are downloaded) and feeds it random token ids. Results go to stdout (a
-Markdown table) and to ``--out`` (JSON, with provenance).
+otherwise). Each measurement runs in a fresh process, so peaks do not carry over.
+``--random-llama-1b`` builds a randomly initialised model of Llama 3.2-1B's exact shape (no
+weights are downloaded) and feeds it random token ids. Results go to stdout (a Markdown table)
+and to ``--out`` (JSON, with provenance).
 
 ``--section structured`` saves the dense model, prunes it with the numerical score and the refit
 compensation (``prune_structured``) at each of ``--ratios`` (default 0.25 and 0.5) from
@@ -419,6 +418,8 @@ def main(argv: list[str] | None = None) -> int:
             f"\nperplexity evaluation: {evaluation['tokens']} tokens in {evaluation['seconds']:.1f} s, "
             f"{evaluation['tokens_per_second']:.0f} tokens/s (perplexity {evaluation['perplexity']:.3g})"
         )
+    from attnprune.records.verdicts import verdict_from
+
     by = {r["what"]: r for r in results if "error" not in r}
     timings = yardstick_seconds(results)
     peak_key = "peak_cuda_bytes" if args.device.startswith("cuda") else "peak_cpu_bytes"
@@ -427,20 +428,23 @@ def main(argv: list[str] | None = None) -> int:
         ours = by["ours"]
         targets = {
             f"ours within {TARGET_RATIO:g}× SparseGPT's wall time": time_target(ours["seconds"], timings),
-            f"ours under {TARGET_SECONDS / 60:g} minutes for all layers": ours["seconds"] < TARGET_SECONDS,
-            f"ours under {TARGET_BYTES / 1024**3:g} GB peak memory": ours[peak_key] < TARGET_BYTES,
+            f"ours under {TARGET_SECONDS / 60:g} minutes for all layers": verdict_from(
+                ours["seconds"] < TARGET_SECONDS
+            ),
+            f"ours under {TARGET_BYTES / 1024**3:g} GB peak memory": verdict_from(ours[peak_key] < TARGET_BYTES),
         }
     refit = by.get("sparsegpt+refit")
     if refit and timings:
         targets |= {
             f"sparsegpt+refit within {TARGET_RATIO:g}× SparseGPT's wall time": time_target(refit["seconds"], timings),
-            f"sparsegpt+refit under {TARGET_BYTES / 1024**3:g} GB peak memory": refit[peak_key] < TARGET_BYTES,
+            f"sparsegpt+refit under {TARGET_BYTES / 1024**3:g} GB peak memory": verdict_from(
+                refit[peak_key] < TARGET_BYTES
+            ),
         }
     if targets:
         print()
-        for target, met in targets.items():
-            word = met if isinstance(met, str) else "holds" if met else "fails"
-            print(f"{word}: {target}")
+        for target, verdict in targets.items():
+            print(f"{verdict}: {target}")
     return write_results(args, name, {"results": results, "targets": targets})
 
 
