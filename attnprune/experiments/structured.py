@@ -8,14 +8,17 @@ numbers of calibration sequences at once, the smaller sets being prefixes of the
 (:func:`~attnprune.structured.prune.prune_from_stats`: the model is never changed) and scores each
 sliced model: perplexity on every evaluation set, per window (for the bootstrap of
 :mod:`attnprune.records.noise`), the realised sizes and the seconds of each step.
-:func:`save_checkpoints` writes sliced models for the speed measurements. The chapter on
-structured pruning tells the story; the logic lives here.
+:func:`save_checkpoints` writes sliced models for the speed measurements, and
+:func:`measure_rounds` times them in interleaved rounds, each pruned model against the dense model
+of its own round (:func:`paired_speedups`, :func:`median_over_rounds`). The chapter on structured
+pruning tells the story; the logic lives here.
 """
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,11 +26,13 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
+from ..core.checks import check_positive_int
 from ..llm.assets import quiet_loading
 from ..structured.allocation import ALLOCATIONS
 from ..structured.compensation import COMPENSATIONS
 from ..structured.prune import StructuredConfig, StructuredReport, prune_from_stats
 from ..structured.scores import check_score, score_model
+from ..structured.speed import check_folder, measure_checkpoint
 from ..structured.stats import LayerStats, capture_layer_stats
 from .candidates import perplexity_table
 
@@ -188,6 +193,52 @@ def save_checkpoints(
         written[ratio] = target
         del pruned
     return written
+
+
+def measure_rounds(folders: Mapping[float, str | os.PathLike], *, rounds: int = 3, **options) -> pd.DataFrame:
+    """Every checkpoint of ``folders`` (ρ → folder, ρ = 0 the dense model) timed by
+    :func:`~attnprune.structured.speed.measure_checkpoint` (each time in a fresh process; ``options``
+    are its ``prompt_len``, ``new_tokens``, ``repeats``, ``threads``) in ``rounds`` interleaved
+    rounds: each round measures every checkpoint once, in the order given. A slow spell of a shared
+    machine then falls on one round of every checkpoint, not on every timing of one checkpoint, and
+    :func:`paired_speedups` compares each checkpoint with the dense model of its own round. One row
+    per round and ρ: ``round``, ``rho`` and the fields of the
+    :class:`~attnprune.llm.speed.SpeedReport`."""
+    check_positive_int("rounds", rounds)
+    if not isinstance(folders, Mapping) or not folders:
+        raise ValueError(f"folders must map each ratio to a checkpoint folder, at least one, got {folders!r}")
+    for folder in folders.values():  # every folder checked before the first (long) measurement
+        check_folder(folder)
+    rows = [
+        {"round": r, "rho": rho, **measure_checkpoint(folder, **options).to_dict()}
+        for r in range(rounds)
+        for rho, folder in folders.items()
+    ]
+    return pd.DataFrame(rows)
+
+
+def paired_speedups(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` (one row per round and ρ, as :func:`measure_rounds` gives it) with each row's
+    prefill and decode tokens/s over those of the dense model (ρ = 0) of the same round:
+    ``prefill_speedup`` and ``decode_speedup`` (1 for the dense rows themselves)."""
+    dense = table[table["rho"] == 0].set_index("round")
+    if dense.index.has_duplicates or set(dense.index) != set(table["round"]):
+        raise ValueError("table must hold exactly one dense row (rho = 0) in every round")
+    paired = dense.loc[table["round"]]  # the dense row of each row's round, row for row
+    return table.assign(
+        prefill_speedup=table["prefill_tokens_per_s"].to_numpy() / paired["prefill_tokens_per_s"].to_numpy(),
+        decode_speedup=table["decode_tokens_per_s"].to_numpy() / paired["decode_tokens_per_s"].to_numpy(),
+    )
+
+
+def median_over_rounds(paired: pd.DataFrame) -> pd.DataFrame:
+    """Per ρ (ascending), the median over the rounds of every measured column of
+    :func:`paired_speedups`'s table, with the smallest and the largest decode speedup of the rounds
+    (``decode_low``, ``decode_high``) and the number of ``rounds``."""
+    grouped = paired.drop(columns="round").groupby("rho", sort=True)
+    summary = grouped.median(numeric_only=True)
+    decode = grouped["decode_speedup"]
+    return summary.assign(decode_low=decode.min(), decode_high=decode.max(), rounds=grouped.size()).reset_index()
 
 
 def layer_allocation(summary: pd.DataFrame, heads: int, channels: int) -> pd.DataFrame:
