@@ -3,7 +3,8 @@
 A chapter computes its verdicts from its own numbers and calls :func:`record`; the verdict page
 collects every chapter's file with :func:`collect`. No verdict is written by hand: a claim that
 ours beats the baselines is judged by :func:`verdict_on_ratios` (the one rule on the comparison of
-:mod:`attnprune.records.compare`), any other claim by :func:`verdict_from`.
+:mod:`attnprune.records.compare`), a claim on a measurement repeated for its noise (timings) by
+:func:`verdict_on_repeats`, any other claim by :func:`verdict_from`.
 """
 
 from __future__ import annotations
@@ -85,19 +86,31 @@ def verdict_from(holds: bool, caveat: bool = False) -> str:
     return "holds with caveats" if caveat else "holds"
 
 
+def verdict_on_repeats(on_median: bool, on_each, caveat: bool = False) -> str:
+    """The book's one rule for a claim on a noisy measurement taken more than once (timings, or
+    rounds of timings), given whether the claim holds on the median of the repeats and on each:
+
+    - "holds" when it holds on the median and on every repeat;
+    - "holds with caveats" when it holds on the median but not on every repeat (the margin is
+      within the noise of the measurement), or when ``caveat`` (another reason the chapter states);
+    - "fails" when it does not hold on the median.
+    """
+    on_each = np.asarray(on_each, dtype=bool)
+    if on_each.size == 0:
+        raise ValueError("on_each must say, for at least one repeat, whether the claim holds on it")
+    return verdict_from(bool(on_median), caveat=caveat or not bool(on_each.all()))
+
+
 def verdict_on_times(multiples, limit: float) -> str:
     """The rule for "costs at most ``limit`` times the yardstick's wall time", given the cost as a
     multiple of each timing of the yardstick (the same work timed more than once, for its noise):
-
-    - "holds" when every multiple is at most ``limit``;
-    - "holds with caveats" when their median is, but not every one (the margin is within the
-      timing noise);
-    - "fails" when their median is above ``limit``.
-    """
+    :func:`verdict_on_repeats` on "the multiple is at most ``limit``", so "holds" when every
+    multiple is, "holds with caveats" when their median is but not every one, "fails" when their
+    median is above ``limit``."""
     multiples = np.asarray(multiples, dtype=float)
     if multiples.size == 0 or not np.all(np.isfinite(multiples)):
         raise ValueError(f"multiples must be finite time ratios, at least one, got {multiples.tolist()}")
-    return verdict_from(bool(np.median(multiples) <= limit), caveat=bool(np.any(multiples > limit)))
+    return verdict_on_repeats(bool(np.median(multiples) <= limit), multiples <= limit)
 
 
 def verdict_on_points(beats, halves) -> str:

@@ -38,6 +38,25 @@ def test_a_time_limit_holds_at_every_timing_of_the_yardstick(multiples, expected
     assert verdicts.verdict_on_times(multiples, 5.0) == expected
 
 
+@pytest.mark.parametrize(
+    "on_median, on_each, caveat, expected",
+    [
+        (True, [True, True, True], False, "holds"),
+        (True, [True, False, True], False, "holds with caveats"),  # one repeat misses: within the noise
+        (True, [True, True], True, "holds with caveats"),  # the chapter's own caveat
+        (False, [True, False, False], False, "fails"),  # not on the median, though on one repeat
+        (False, [True, True], False, "fails"),
+    ],
+)
+def test_a_claim_on_repeats_holds_on_the_median_and_on_every_repeat(on_median, on_each, caveat, expected):
+    assert verdicts.verdict_on_repeats(on_median, on_each, caveat=caveat) == expected
+
+
+def test_a_claim_on_repeats_needs_one_repeat():
+    with pytest.raises(ValueError, match="on_each"):
+        verdicts.verdict_on_repeats(True, [])
+
+
 @pytest.mark.parametrize("multiples", [[], [4.0, float("nan")], [float("inf")]])
 def test_a_time_verdict_needs_finite_multiples(multiples):
     with pytest.raises(ValueError, match="multiples"):
