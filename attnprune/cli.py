@@ -58,6 +58,7 @@ from .llm.data import DATASETS, evaluation_sequences, load_texts, token_sequence
 from .llm.models import OFFLINE_MODEL, PAPER_MODEL, load_model
 from .llm.objectives import OBJECTIVES
 from .llm.prune import CAPTURES, METHODS, OURS_DEFAULTS, REFIT_DEFAULTS
+from .llm.qk_objective import QUERY_ROWS
 from .llm.refit import SCOPES, RefitConfig
 from .records.results import versions, write_json
 from .structured.allocation import ALLOCATIONS, GQA_RULES
@@ -381,6 +382,15 @@ def _ours_options(prune: argparse.ArgumentParser) -> None:
         f"per refit step (default {REFIT.sequences_per_step})",
     )
 
+    prune.add_argument(
+        "--query-rows",
+        choices=QUERY_ROWS,
+        default=None,
+        help=f"ours: the query rows of each descent step's error, all of them or one half of them in "
+        f"turn (half the attention work a step; default {OURS_DEFAULTS['query_rows']}, "
+        f"{REFIT_DEFAULTS['query_rows']} with --support)",
+    )
+
 
 def _reconstruction_options(prune: argparse.ArgumentParser) -> None:
     group = prune.add_argument_group(
@@ -471,7 +481,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars (Hugging Face's too)")
 
 
-OURS_OPTIONS = ("steps", "lr", "output", "selection", "support", "anchor", "lam", "sequences_per_step")
+OURS_OPTIONS = ("steps", "lr", "output", "selection", "support", "anchor", "lam", "sequences_per_step", "query_rows")
 """The options of ``prune`` for ours: fields of :class:`attnprune.llm.prune.FitConfig` (same names)."""
 REFIT_OPTIONS = ("steps", "lr", "anchor", "sequences_per_step")
 """The options of ours that ``--objective`` takes too, for its refit: fields of

@@ -18,12 +18,15 @@ def load_script(name: str):
     return module
 
 
-def test_tune_settings_are_parsed_as_steps_and_ramp():
-    args = load_script("tune_ours").parse(["--settings", "160:0.5", "130:0.25", "--layers", "3"])
-    assert args.settings == [(160, 0.5), (130, 0.25)] and args.layers == [3] and args.seeds == [0, 1, 2]
+def test_tune_settings_are_parsed_as_steps_ramp_and_rows():
+    args = load_script("tune_ours").parse(["--settings", "160:0.5", "150:0.25:half", "--layers", "3"])
+    assert args.settings == [(160, 0.5, None), (150, 0.25, "half")] and args.layers == [3]
+    assert args.seeds == [0, 1, 2]
 
 
-@pytest.mark.parametrize("settings", [["160"], ["a:0.5"], ["0:0.5"], ["130:0"], ["130:1.5"]])
+@pytest.mark.parametrize(
+    "settings", [["160"], ["a:0.5"], ["0:0.5"], ["130:0"], ["130:1.5"], ["130:0.25:third"], ["130:0.25:all:x"]]
+)
 def test_bad_tune_settings_are_refused_by_name(settings, capsys):
     with pytest.raises(SystemExit):
         load_script("tune_ours").parse(["--settings", *settings])

@@ -46,11 +46,18 @@ from ..core.solver import OUTPUTS, SCHEDULES, SCORES
 from .batches import check_input_ids
 from .capture import attention_input, check_layers, layer_inputs, run_layer
 from .models import attention_shape, decoder_layers, linear_weight_count, qk_modules
-from .qk_objective import OURS_DEFAULTS, SELECTIONS, LayerProblem, fit_qk
+from .qk_objective import OURS_DEFAULTS, QUERY_ROWS, SELECTIONS, LayerProblem, fit_qk
 
 METHODS = ("ours", *LINEAR)
 CAPTURES = ("sequential", "dense")
-REFIT_DEFAULTS = {"steps": 40, "lr": 0.005, "schedule": "cosine", "ramp": 0.5, "sequences_per_step": 1}
+REFIT_DEFAULTS = {
+    "steps": 40,
+    "lr": 0.005,
+    "schedule": "cosine",
+    "ramp": 0.5,
+    "sequences_per_step": 1,
+    "query_rows": "all",
+}
 """**[choice]** ours refitting a linear method's support (``support=...``): it starts from a good
 solution, so fewer, smaller steps, decaying to 0 (larger steps first undo the linear fit)."""
 QKWeights = dict[int, tuple[Tensor, Tensor]]
@@ -62,7 +69,7 @@ QKWeights = dict[int, tuple[Tensor, Tensor]]
 class FitConfig:
     """The settings of ours (:func:`~attnprune.llm.qk_objective.fit_qk`), checked once here.
 
-    ``steps``, ``lr``, ``schedule`` and ``ramp`` left at None take
+    ``steps``, ``lr``, ``schedule``, ``ramp`` and ``query_rows`` left at None take
     :data:`~attnprune.llm.qk_objective.OURS_DEFAULTS`, or :data:`REFIT_DEFAULTS` with a ``support``
     (a linear method whose support and weights are kept and refitted); ``sequences_per_step``
     calibration sequences per descent step (None: all of them at every step); ``lam`` λ and
@@ -73,6 +80,7 @@ class FitConfig:
     steps: int | None = None
     lr: float | None = None
     schedule: str | None = None
+    query_rows: str | None = None
     sequences_per_step: int | None = OURS_DEFAULTS["sequences_per_step"]  # the same in REFIT_DEFAULTS
     output: str = "reweighted"
     selection: str = "projected"
@@ -89,12 +97,13 @@ class FitConfig:
         if self.support is not None:
             check_choice("support", self.support, LINEAR)
         defaults = REFIT_DEFAULTS if self.support is not None else OURS_DEFAULTS
-        for name in ("steps", "lr", "schedule", "ramp"):
+        for name in ("steps", "lr", "schedule", "ramp", "query_rows"):
             if getattr(self, name) is None:
                 object.__setattr__(self, name, defaults[name])
         check_positive_int("steps", self.steps)
         check_positive("lr", self.lr)
         check_choice("schedule", self.schedule, SCHEDULES)
+        check_choice("query_rows", self.query_rows, QUERY_ROWS)
         if self.sequences_per_step is not None:
             check_positive_int("sequences_per_step", self.sequences_per_step)
         self._check_fit_choices()

@@ -29,6 +29,7 @@ itself (forward with B_t∘W, gradient passed to M), a better selection than ran
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -60,14 +61,24 @@ from ..core.trace import Trace
 from .models import AttentionShape
 
 SELECTIONS = ("projected", "straight-through")
-OURS_DEFAULTS = {"steps": 130, "lr": 0.01, "schedule": "final-decay", "ramp": 0.25, "sequences_per_step": 1}
-"""**[choice]** ours from the dense model: 130 Adam steps of size 0.01, decaying linearly to 0 over
+QUERY_ROWS = ("all", "half")
+OURS_DEFAULTS = {
+    "steps": 150,
+    "lr": 0.01,
+    "schedule": "final-decay",
+    "ramp": 0.25,
+    "sequences_per_step": 1,
+    "query_rows": "half",
+}
+"""**[choice]** ours from the dense model: 150 Adam steps of size 0.01, decaying linearly to 0 over
 the last quarter, the target sparsity reaching ρ after the first quarter, one calibration sequence
-per step (stochastic steps: on SmolLM2 they fitted better than full-batch steps at the same cost;
-without the final decay the noise of the last steps set a floor on the error at low ρ). Chosen by
-``scripts/tune_ours.py`` on layers 3, 15, 27: the held-out attention error of 130 steps with the
-quarter ramp is that of 160 steps with a half ramp (the earlier default) to within its seed noise,
-at 0.81 of the cost."""
+per step and half of its query rows (the two :func:`query_halves` in turn). Stochastic steps: on
+SmolLM2 they fitted better than full-batch steps at the same cost; without the final decay the
+noise of the last steps set a floor on the error at low ρ. Chosen by ``scripts/tune_ours.py`` on
+layers 3, 15, 27 (the book's Reproduction notes give the tables): 130 steps with the quarter ramp
+had the held-out attention error of 160 steps with a half ramp (the earlier default) within its
+seed noise, in 0.81 of the steps; 150 half-row steps then have the error of 130 all-row steps
++2% on average (+7% at worst), in about 0.8 of the time."""
 CACHE_ELEMENTS = 1 << 26
 """The dense probabilities P(1) are kept in memory below this many entries (256 MB in float32),
 and recomputed from the cached rotated queries and keys above it."""
@@ -90,12 +101,19 @@ def queries_keys(
     shape: AttentionShape,
     bq: Tensor | None = None,
     bk: Tensor | None = None,
+    rows: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Rotated queries (N, h, T, k) and keys (N, g, T, k) of the layer for weights W_q, W_k."""
+    """Rotated queries (N, h, T, k) and keys (N, g, T, k) of the layer for weights W_q, W_k;
+    ``rows`` (an index tensor of positions; None: all T) takes the queries of those positions only,
+    (N, h, len(rows), k), each rotated at its own position."""
     N, T, _ = X.shape
-    q = torch.nn.functional.linear(X, Wq, bq).view(N, T, shape.heads, shape.head_dim).transpose(1, 2)
     k = torch.nn.functional.linear(X, Wk, bk).view(N, T, shape.kv_heads, shape.head_dim).transpose(1, 2)
-    return rotate(q, cos, sin), rotate(k, cos, sin)
+    k = rotate(k, cos, sin)
+    if rows is not None:
+        X, cos, sin = X[:, rows], cos[:, rows], sin[:, rows]  # (N, R, d), (1 or N, R, k)
+    R = X.shape[1]
+    q = torch.nn.functional.linear(X, Wq, bq).view(N, R, shape.heads, shape.head_dim).transpose(1, 2)
+    return rotate(q, cos, sin), k
 
 
 def probabilities_from(q: Tensor, k: Tensor, shape: AttentionShape) -> Tensor:
@@ -108,15 +126,16 @@ def probabilities_from(q: Tensor, k: Tensor, shape: AttentionShape) -> Tensor:
     grouped = q.reshape(N, shape.kv_heads, shape.group_size, T, hd)  # (N, g, h/g, T, k)
     P = q.new_zeros(N, shape.kv_heads, shape.group_size, T, T)
     for start, stop in _query_blocks(T):
-        P[..., start:stop, :stop] = _block_probabilities(grouped, k.unsqueeze(2), start, stop)
+        P[..., start:stop, :stop] = _block_probabilities(grouped[..., start:stop, :], k.unsqueeze(2), start, stop)
     return P.reshape(N, h, T, T)
 
 
-def _block_probabilities(grouped: Tensor, keys: Tensor, start: int, stop: int) -> Tensor:
+def _block_probabilities(queries: Tensor, keys: Tensor, start: int, stop: int) -> Tensor:
     """Rows start..stop−1 of P against keys 0..stop−1 (the later keys are masked, so their P is
-    exactly 0): grouped queries (N, g, h/g, T, k), keys (N, g, 1, T, k) → (N, g, h/g, stop−start, stop)."""
-    S = torch.matmul(grouped[..., start:stop, :], keys[..., :stop, :].transpose(-1, -2))  # (N, g, h/g, b, stop)
-    S.div_(math.sqrt(grouped.shape[-1]))
+    exactly 0): the grouped queries of those rows (N, g, h/g, stop−start, k), keys (N, g, 1, T, k)
+    → (N, g, h/g, stop−start, stop)."""
+    S = torch.matmul(queries, keys[..., :stop, :].transpose(-1, -2))  # (N, g, h/g, b, stop)
+    S.div_(math.sqrt(queries.shape[-1]))
     S[..., start:].masked_fill_(future_mask(0, stop - start, S.device), float("-inf"))  # keys < start: all seen
     return torch.softmax(S, dim=-1)
 
@@ -131,35 +150,39 @@ class _ProbabilityError(torch.autograd.Function):
     last row only: the causal mask makes the rest exactly zero, so the products and the softmax
     cost 10/16 of the full T × T. P is :func:`probabilities_from`'s, bit for bit; the loss and the
     gradient equal autograd's to rounding (tested in float64). About half autograd's time at
-    T = 512 on a CPU."""
+    T = 512 on a CPU. ``blocks`` ([start, stop) row ranges, ascending) restricts the sum to those
+    rows of P: q then holds the queries of those rows only, in order (N, h, R, k)."""
 
     @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, target: Tensor, kv_heads: int) -> Tensor:
-        N, h, T, hd = q.shape
-        grouped = q.reshape(N, kv_heads, h // kv_heads, T, hd)  # (N, g, h/g, T, k)
+    def forward(ctx, q: Tensor, k: Tensor, target: Tensor, kv_heads: int, blocks: tuple) -> Tensor:
+        N, h, R, hd = q.shape
+        T = target.shape[-1]
+        grouped = q.reshape(N, kv_heads, h // kv_heads, R, hd)  # (N, g, h/g, R, k)
         keys = k.unsqueeze(2)  # (N, g, 1, T, k)
         target = target.reshape(N, kv_heads, h // kv_heads, T, T)  # (N, g, h/g, T, T)
         saved, loss = [], q.new_zeros(())
-        for start, stop in _query_blocks(T):
-            P = _block_probabilities(grouped, keys, start, stop)  # (N, g, h/g, b, stop)
+        for (start, stop), rows in zip(blocks, _block_rows(blocks), strict=True):
+            P = _block_probabilities(grouped[..., rows, :], keys, start, stop)  # (N, g, h/g, b, stop)
             D = P - target[..., start:stop, :stop]
             loss = loss + torch.dot(D.view(-1), D.view(-1))
             saved += [P, D]
+        ctx.blocks = blocks
         ctx.save_for_backward(grouped, keys, *saved)
         return loss
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, None, None]:
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, None, None, None]:
         grouped, keys, *saved = ctx.saved_tensors
-        N, g, r, T, hd = grouped.shape
-        dq, dk = torch.zeros_like(grouped), torch.zeros_like(keys.squeeze(2))  # (N, g, h/g, T, k), (N, g, T, k)
-        for (start, stop), P, D in zip(_query_blocks(T), saved[::2], saved[1::2], strict=True):
+        N, g, r, R, hd = grouped.shape
+        dq, dk = torch.zeros_like(grouped), torch.zeros_like(keys.squeeze(2))  # (N, g, h/g, R, k), (N, g, T, k)
+        blocks = ctx.blocks
+        for (_, stop), rows, P, D in zip(blocks, _block_rows(blocks), saved[::2], saved[1::2], strict=True):
             dS = D * P  # (N, g, h/g, b, stop); D is kept intact, so backward can run again
             dS.addcmul_(P, dS.sum(-1, keepdim=True), value=-1.0)  # P∘D − P∘rowsum(P∘D)
-            dq[..., start:stop, :] = torch.matmul(dS, keys[..., :stop, :])
-            dk[..., :stop, :] += torch.matmul(dS.transpose(-1, -2), grouped[..., start:stop, :]).sum(2)
+            dq[..., rows, :] = torch.matmul(dS, keys[..., :stop, :])
+            dk[..., :stop, :] += torch.matmul(dS.transpose(-1, -2), grouped[..., rows, :]).sum(2)
         scale = 2.0 * grad / math.sqrt(hd)
-        return dq.mul_(scale).reshape(N, g * r, T, hd), dk.mul_(scale), None, None
+        return dq.mul_(scale).reshape(N, g * r, R, hd), dk.mul_(scale), None, None, None
 
 
 QUERY_BLOCKS = 4
@@ -172,11 +195,28 @@ def _query_blocks(T: int) -> list[tuple[int, int]]:
     return [(start, min(start + size, T)) for start in range(0, T, size)]
 
 
+def query_halves(T: int) -> list[tuple[tuple[int, int], ...]]:
+    """The blocks of :func:`_query_blocks` in two halves of equal causal work, for the half-row
+    steps of ours (``query_rows="half"``): block i is paired with block B−1−i (their costs, the
+    rows times the keys each row sees, sum to the same), and the pairs go to the halves in turn.
+    With 4 blocks: {0, 3} and {1, 2}. One half (all blocks) when T is too short to split."""
+    blocks = _query_blocks(T)
+    pairs = [sorted({i, len(blocks) - 1 - i}) for i in range((len(blocks) + 1) // 2)]
+    halves = [tuple(blocks[i] for pair in pairs[h::2] for i in pair) for h in (0, 1)]
+    return halves if all(halves) else [tuple(blocks)]
+
+
+def _block_rows(blocks: tuple) -> list[slice]:
+    """Where each block's rows sit in the queries of ``blocks``, stacked in order."""
+    ends = list(itertools.accumulate(stop - start for start, stop in blocks))
+    return [slice(end - (stop - start), end) for end, (start, stop) in zip(ends, blocks, strict=True)]
+
+
 def probability_error(q: Tensor, k: Tensor, target: Tensor, shape: AttentionShape) -> Tensor:
     """‖P(Q, K) − P*‖²_F summed over sequences and heads, differentiable in q (N, h, T, k) and
     k (N, g, T, k); ``target`` P* is (N, h, T, T). The gradient is the closed form of
     :class:`_ProbabilityError`."""
-    return _ProbabilityError.apply(q, k, target, shape.kv_heads)
+    return _ProbabilityError.apply(q, k, target, shape.kv_heads, tuple(_query_blocks(k.shape[-2])))
 
 
 def attention_probabilities(
@@ -200,7 +240,8 @@ class LayerProblem:
 
     ``cos``, ``sin`` are the rotary tables (1 or N, T, k) of positions 0..T−1; ``lam`` is λ and
     ``anchor`` is μ. The sequences are split into chunks of ``batch_size`` (memory: one chunk's
-    attention is alive at a time); the dense target P(1) of each chunk is computed once.
+    attention is alive at a time); the dense target P(1) of each chunk is computed once. The
+    error can be taken on all the query rows or on one of the :func:`query_halves` (``half``).
     """
 
     X: Tensor
@@ -217,6 +258,7 @@ class LayerProblem:
     _chunks: list = field(init=False, repr=False)
     _dense: list = field(init=False, repr=False)
     _norms: list = field(init=False, repr=False)
+    _halves: list = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._check()
@@ -226,24 +268,40 @@ class LayerProblem:
         with torch.no_grad():
             dense = [self._queries_keys(self.Wq, self.Wk, c) for c in range(self.n_chunks)]
             self._dense = [probabilities_from(*qk, self.shape) if keep else qk for qk in dense]
-            self._norms = [float(self.target(c).square().sum()) for c in range(self.n_chunks)]
+        T = self.X.shape[1]
+        self._halves = [(tuple(_query_blocks(T)), None)] + [
+            (blocks, torch.cat([torch.arange(a, b) for a, b in blocks])) for blocks in query_halves(T)
+        ]  # (blocks, their query positions): all rows, then each half
+        self._norms = [
+            [float(self.target(c).square().sum()), *(self._block_norm(c, blocks) for blocks, _ in self._halves[1:])]
+            for c in range(self.n_chunks)
+        ]  # per chunk: all rows, then each half
 
     @property
     def n_chunks(self) -> int:
         return len(self._chunks)
+
+    @property
+    def n_halves(self) -> int:
+        """How many :func:`query_halves` the rows split into (2, or 1 when T is too short)."""
+        return len(self._halves) - 1
 
     def target(self, chunk: int) -> Tensor:
         """P(1), the dense attention probabilities of chunk ``chunk`` (b, h, T, T)."""
         dense = self._dense[chunk]
         return dense if isinstance(dense, Tensor) else probabilities_from(*dense, self.shape)
 
-    def squared_error(self, Wq: Tensor, Wk: Tensor, chunk: int) -> Tensor:
-        """‖P(W̃) − P(1)‖²_F on one chunk (differentiable, :func:`probability_error`)."""
-        return probability_error(*self._queries_keys(Wq, Wk, chunk), self.target(chunk), self.shape)
+    def squared_error(self, Wq: Tensor, Wk: Tensor, chunk: int, half: int | None = None) -> Tensor:
+        """‖P(W̃) − P(1)‖²_F on one chunk, on the rows of :func:`query_halves` ``half`` (None: all
+        rows); differentiable, with the closed-form gradient of :class:`_ProbabilityError`."""
+        blocks, rows = self._halves[0 if half is None else half + 1]
+        q, k = self._queries_keys(Wq, Wk, chunk, rows)
+        return _ProbabilityError.apply(q, k, self.target(chunk), self.shape.kv_heads, blocks)
 
-    def target_norm(self, chunks: list[int] | None = None) -> float:
-        """‖P(1)‖²_F over ``chunks`` (all if None)."""
-        return sum(self._norms[c] for c in (range(self.n_chunks) if chunks is None else chunks))
+    def target_norm(self, chunks: list[int] | None = None, half: int | None = None) -> float:
+        """‖P(1)‖²_F over ``chunks`` (all if None), on the rows of ``half`` (None: all rows)."""
+        column = 0 if half is None else half + 1
+        return sum(self._norms[c][column] for c in (range(self.n_chunks) if chunks is None else chunks))
 
     @torch.no_grad()
     def relative_error(self, Wq: Tensor, Wk: Tensor) -> float:
@@ -264,11 +322,17 @@ class LayerProblem:
         return total
 
     # -- helpers -----------------------------------------------------------------------------
-    def _queries_keys(self, Wq: Tensor, Wk: Tensor, chunk: int) -> tuple[Tensor, Tensor]:
-        rows = self._chunks[chunk]
-        cos = self.cos if self.cos.shape[0] == 1 else self.cos[rows]
-        sin = self.sin if self.sin.shape[0] == 1 else self.sin[rows]
-        return queries_keys(self.X[rows], Wq, Wk, cos, sin, self.shape, self.bq, self.bk)
+    def _queries_keys(self, Wq: Tensor, Wk: Tensor, chunk: int, rows: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        sequences = self._chunks[chunk]
+        cos = self.cos if self.cos.shape[0] == 1 else self.cos[sequences]
+        sin = self.sin if self.sin.shape[0] == 1 else self.sin[sequences]
+        return queries_keys(self.X[sequences], Wq, Wk, cos, sin, self.shape, self.bq, self.bk, rows)
+
+    @torch.no_grad()
+    def _block_norm(self, chunk: int, blocks: tuple) -> float:
+        """‖P(1)‖²_F of one chunk on the rows of ``blocks``."""
+        target = self.target(chunk)
+        return sum(float(target[..., start:stop, :stop].square().sum()) for start, stop in blocks)
 
     def _check(self) -> None:
         check_tensor("X", self.X, min_ndim=3)
@@ -325,6 +389,7 @@ def fit_qk(
     validation: LayerProblem | None = None,
     check_every: int = 5,
     schedule: str = OURS_DEFAULTS["schedule"],
+    query_rows: str = OURS_DEFAULTS["query_rows"],
     seed: int = 0,
 ) -> QKFit:
     """Projected descent on (M_q, M_k) for the layer objective; hard masks at exact sparsity ρ.
@@ -341,7 +406,9 @@ def fit_qk(
     Remedies: ``support`` = (result_q, result_k), two :class:`~attnprune.core.baselines.LinearPruneResult`
     of a linear method, keeps their masks and weights and refits only the kept weights
     (B∘M∘W_linear); ``chunks_per_step`` uses that many chunks of sequences per step (stochastic
-    steps, so more calibration sequences cost no more per step); ``validation`` (a LayerProblem
+    steps, so more calibration sequences cost no more per step); ``query_rows="half"`` takes the
+    error of each step on one of the :func:`query_halves` of the rows, the two in turn (half the
+    attention work a step; "all": every row); ``validation`` (a LayerProblem
     on held-out calibration sequences) is checked every ``check_every`` steps once ρ_t = ρ, and
     the masks with the lowest validation error are returned (early stopping).
 
@@ -352,12 +419,13 @@ def fit_qk(
     rho = _check_fit(
         sparsity, steps, lr, ramp, score, group, output, selection, support, chunks_per_step, check_every, schedule
     )
+    check_choice("query_rows", query_rows, QUERY_ROWS)
     bases, fixed = _base(problem, support)
     params = [torch.ones_like(W, requires_grad=True) for W in bases]  # M_q (h·k × d), M_k (g·k × d)
     threshold = HardThreshold(bases, rho, steps, ramp=ramp, score=score, group=group, support=fixed)
     order = _chunk_order(problem.n_chunks, steps, chunks_per_step, seed)
     straight_through = threshold if selection == "straight-through" else None
-    objective = _LayerObjective(problem, bases, order, straight_through)
+    objective = _LayerObjective(problem, bases, order, straight_through, halves=query_rows == "half")
     deploy = functools.partial(_deploy, threshold, params, bases, rho, output)
     keeper = _EarlyStopping(deploy, validation, steps, max(1, round(ramp * steps)), check_every)
     trace = descend(
@@ -412,12 +480,15 @@ class _LayerObjective:
     """L(M_q, M_k) of the module docstring (Definition 3.2 for the real layer) on the chunks of
     step t (``order[t]``), and its gradient by autograd (accumulated into ``.grad``, one backward
     pass per chunk). ``straight_through``: the forward pass uses the hard masks B_t of that
-    projection in place of M, as B_t + M − sg(M), so the gradient reaches M (straight-through)."""
+    projection in place of M, as B_t + M − sg(M), so the gradient reaches M (straight-through).
+    ``halves``: step t takes the rows of query half t mod 2 only (:func:`query_halves`), the fit
+    term then the relative error on those rows."""
 
     problem: LayerProblem
     bases: list[Tensor]
     order: list[list[int]]
     straight_through: HardThreshold | None = None
+    halves: bool = False
 
     def __call__(self, params: list[Tensor], t: int) -> tuple[float, list[Tensor]]:
         for M in params:
@@ -427,11 +498,12 @@ class _LayerObjective:
             masks = self.straight_through.select(params, t)
             effective = [B + M - M.detach() for B, M in zip(masks, params, strict=True)]
         chunks = self.order[t]
-        norm = self.problem.target_norm(chunks)
+        half = t % self.problem.n_halves if self.halves else None
+        norm = self.problem.target_norm(chunks, half)
         loss = float(_backward_penalty(self.problem, *params))
         for c in chunks:
             Wq, Wk = (E * W for E, W in zip(effective, self.bases, strict=True))
-            part = self.problem.squared_error(Wq, Wk, c) / norm
+            part = self.problem.squared_error(Wq, Wk, c, half) / norm
             part.backward()
             loss += float(part.detach())
         return loss, [M.grad for M in params]

@@ -57,8 +57,22 @@ def written(model, weights):
 
 # -- the configuration ------------------------------------------------------------------------------
 def test_defaults_are_ours_and_the_refits():
-    assert OURS_DEFAULTS == {"steps": 130, "lr": 0.01, "schedule": "final-decay", "ramp": 0.25, "sequences_per_step": 1}
-    assert REFIT_DEFAULTS == {"steps": 40, "lr": 0.005, "schedule": "cosine", "ramp": 0.5, "sequences_per_step": 1}
+    assert OURS_DEFAULTS == {
+        "steps": 150,
+        "lr": 0.01,
+        "schedule": "final-decay",
+        "ramp": 0.25,
+        "sequences_per_step": 1,
+        "query_rows": "half",
+    }
+    assert REFIT_DEFAULTS == {
+        "steps": 40,
+        "lr": 0.005,
+        "schedule": "cosine",
+        "ramp": 0.5,
+        "sequences_per_step": 1,
+        "query_rows": "all",
+    }
     ours = PruneConfig("ours", 0.5).fit
     assert {k: getattr(ours, k) for k in OURS_DEFAULTS} == OURS_DEFAULTS
     refit = PruneConfig.from_options("ours", 0.5, support="sparsegpt").fit

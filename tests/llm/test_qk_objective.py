@@ -23,6 +23,8 @@ from attnprune.llm.qk_objective import (
     fit_qk,
     probabilities_from,
     probability_error,
+    queries_keys,
+    query_halves,
 )
 
 SEQ = 24
@@ -115,7 +117,7 @@ def test_outputs_and_selections(layer1):
 
 def test_support_refit_keeps_the_linear_support_and_improves_its_fit(layer1):
     support = (sparsegpt_prune(layer1.Wq, layer1.X, 0.5), sparsegpt_prune(layer1.Wk, layer1.X, 0.5))
-    fit = fit_qk(layer1, 0.5, steps=20, lr=0.01, support=support)
+    fit = fit_qk(layer1, 0.5, steps=20, lr=0.01, support=support, query_rows="all")  # REFIT_DEFAULTS' rows
     assert torch.equal(fit.mask_q, support[0].mask) and torch.equal(fit.mask_k, support[1].mask)
     before = layer1.relative_error(support[0].weight, support[1].weight)
     assert layer1.relative_error(fit.weight_q, fit.weight_k) < before
@@ -185,3 +187,61 @@ def test_the_probability_error_and_its_closed_form_gradient_match_autograd_in_fl
     for ours, theirs in zip(torch.autograd.grad(fused, (q, k)), torch.autograd.grad(reference, (q, k)), strict=True):
         torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-13)
     assert torch.equal(probabilities_from(q, k, shape), probabilities_from(q, k, shape).tril())  # causal: exact zeros
+
+
+@pytest.mark.parametrize("T", range(1, 20))
+def test_the_query_halves_split_the_rows_once_each_into_equal_causal_work(T):
+    halves = query_halves(T)
+    rows = sorted(r for half in halves for start, stop in half for r in range(start, stop))
+    assert rows == list(range(T))  # every row in exactly one half
+    assert all(list(half) == sorted(half) for half in halves)
+    assert len(halves) == (2 if T >= 3 else 1)
+
+
+def test_the_query_halves_of_512_rows_pair_the_first_block_with_the_last():
+    assert query_halves(512) == [((0, 128), (384, 512)), ((128, 256), (256, 384))]
+    work = [sum((stop - start) * stop for start, stop in half) for half in query_halves(512)]
+    assert work[0] == pytest.approx(work[1], rel=0.01)  # 1 + 4 against 2 + 3 blocks of keys
+
+
+def test_the_halves_add_up_to_the_error_and_gradient_of_all_rows_in_float64(layer1):
+    """The half-row steps: the errors, target norms and gradients of the two halves sum to
+    those of all rows (float64 throughout, so agreement to rounding)."""
+    problem = LayerProblem(
+        *(t.double() for t in (layer1.X, layer1.Wq, layer1.Wk, layer1.cos, layer1.sin)), layer1.shape, batch_size=2
+    )
+    generator = torch.Generator().manual_seed(0)
+    Mq = (0.5 + torch.rand(problem.Wq.shape, generator=generator, dtype=torch.float64)).requires_grad_()
+    Mk = (0.5 + torch.rand(problem.Wk.shape, generator=generator, dtype=torch.float64)).requires_grad_()
+    assert problem.n_halves == 2
+    whole = problem.squared_error(Mq * problem.Wq, Mk * problem.Wk, 1)
+    parts = [problem.squared_error(Mq * problem.Wq, Mk * problem.Wk, 1, half) for half in (0, 1)]
+    values = [float(e.detach()) for e in (whole, *parts)]
+    assert values[1] + values[2] == pytest.approx(values[0], rel=1e-10)
+    assert all(0 < v < values[0] for v in values[1:])
+    expected = torch.autograd.grad(whole, (Mq, Mk))
+    for got, want in zip(torch.autograd.grad(sum(parts), (Mq, Mk)), expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-14)
+    norms = [problem.target_norm([0, 1], half) for half in (0, 1)]
+    assert sum(norms) == pytest.approx(problem.target_norm(), rel=1e-12)
+
+
+def test_queries_of_a_row_subset_are_those_rows_of_all_queries(layer1):
+    rows = torch.tensor([0, 5, 6, 20])
+    args = (layer1.X, layer1.Wq, layer1.Wk, layer1.cos, layer1.sin, layer1.shape)
+    q_all, k_all = queries_keys(*args)
+    q_rows, k_rows = queries_keys(*args, rows=rows)
+    torch.testing.assert_close(q_rows, q_all[:, :, rows], rtol=1e-5, atol=1e-6)
+    assert torch.equal(k_rows, k_all)
+
+
+def test_half_row_steps_fit_at_exact_sparsity_and_beat_magnitude(layer1):
+    fit = fit_qk(layer1, 0.5, steps=30, lr=0.05, query_rows="half")
+    for B in (fit.mask_q, fit.mask_k):
+        assert torch.all((B == 0).sum(1) == n_pruned(B.shape[1], 0.5))
+    magnitude = pipeline.prune_layer(layer1, "magnitude", 0.5)
+    assert layer1.relative_error(fit.weight_q, fit.weight_k) < layer1.relative_error(*magnitude)
+    again = fit_qk(layer1, 0.5, steps=30, lr=0.05, query_rows="half")
+    assert torch.equal(again.mask_q, fit.mask_q) and torch.equal(again.weight_k, fit.weight_k)  # deterministic
+    with pytest.raises(ValueError, match="query_rows"):
+        fit_qk(layer1, 0.5, steps=2, query_rows="third")
