@@ -1,4 +1,4 @@
-"""The scripts' pure parts: the tuning script's arguments (bad ones refused by name), the benchmark's plan,
+"""The scripts' pure parts: the tuning scripts' arguments (bad ones refused by name), the benchmark's plan,
 table and time targets."""
 
 from __future__ import annotations
@@ -7,6 +7,8 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+
+from attnprune.llm.refit import RefitConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,6 +32,21 @@ def test_tune_settings_are_parsed_as_steps_ramp_and_rows():
 def test_bad_tune_settings_are_refused_by_name(settings, capsys):
     with pytest.raises(SystemExit):
         load_script("tune_ours").parse(["--settings", *settings])
+    assert "--settings" in capsys.readouterr().err
+
+
+def test_refit_tune_settings_are_parsed_as_steps_lr_and_sequences():
+    args = load_script("tune_refit").parse(["--settings", "12:0.002:4", "24:1e-3:8", "--rhos", "0.7"])
+    assert args.settings == [(12, 0.002, 4), (24, 0.001, 8)] and args.rhos == [0.7]
+    default, refit = load_script("tune_refit").parse([]), RefitConfig()  # the first setting: the defaults
+    assert default.settings[0] == (refit.steps, refit.lr, refit.sequences_per_step)
+    assert default.objective == refit.objective
+
+
+@pytest.mark.parametrize("settings", [["12"], ["12:0.002"], ["a:0.002:4"], ["0:0.002:4"], ["12:0:4"], ["12:0.002:0"]])
+def test_bad_refit_tune_settings_are_refused_by_name(settings, capsys):
+    with pytest.raises(SystemExit):
+        load_script("tune_refit").parse(["--settings", *settings])
     assert "--settings" in capsys.readouterr().err
 
 
