@@ -12,8 +12,10 @@ sequences of Austen's calibration split, at every ρ. Each is scored by perplexi
 splits of Austen (*Northanger Abbey* and *Persuasion*) and of Lee (``lee.cor``): never the
 evaluation texts (*Emma*, ``lee_background.cor``) that the book reports, so a setting chosen here is
 not chosen on the numbers it is judged by. It prints, per setting and ρ, the seconds as a multiple of
-SparseGPT's, the perplexities and the fraction of the best baseline's gap to dense each closes
-(:func:`~attnprune.experiments.reconstruction.gap_table`). Results go to stdout (a Markdown table)
+SparseGPT's, the perplexities, the fraction of the best baseline's gap to dense each closes
+(:func:`~attnprune.experiments.reconstruction.gap_table`), and each setting's perplexity minus the
+first's with its 95% interval, paired over the held-out windows
+(:func:`~attnprune.records.noise.perplexity_comparison`). Results go to stdout (a Markdown table)
 and to ``--out`` (JSON, with provenance).
 """
 
@@ -71,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     from attnprune.llm.data import evaluation_sequences, load_texts, token_sequences
     from attnprune.llm.models import load_model
     from attnprune.llm.refit import RefitConfig
+    from attnprune.records.noise import perplexity_comparison
     from attnprune.records.results import provenance, write_json
 
     model, tokenizer = load_model(args.model)
@@ -100,13 +103,19 @@ def main(argv: list[str] | None = None) -> int:
     table["× SparseGPT"] = table["seconds"] / table.index.get_level_values("rho").map(sparsegpt)
     table = table.join(perplexity.pivot_table(index=["candidate", "rho"], columns="data", values="perplexity"))
     table = table.join(gaps.add_prefix("gap closed, "))
+    reference, *others = [name for name in settings if name not in BASELINES]
+    if others:  # each other setting minus the first, paired over the held-out windows
+        versus = pd.concat(perplexity_comparison(perplexity, n, [reference]).assign(candidate=n) for n in others)
+        versus["text"] = [difference.text(2) for difference in versus["difference"]]
+        paired = versus.pivot_table(index=["candidate", "rho"], columns="data", values="text", aggfunc="first")
+        table = table.join(paired.add_prefix(f"− {reference} (95%), "))
     dense = perplexity[perplexity["candidate"] == "dense"].set_index("data")["perplexity"]
     print("Dense: " + ", ".join(f"{data} {value:.2f}" for data, value in dense.items()))
     print(table.round(3).to_markdown())
     out = Path(args.out) if args.out else ROOT / "_build" / "tune" / f"refit-{Path(args.model).name}.json"
     meta = provenance("tune", command=" ".join(["scripts/tune_refit.py", *(argv or sys.argv[1:])]), **vars(args))
     write_json(out, {"provenance": meta, "timing": timing.to_dict("records"),
-                     "perplexity": perplexity.drop(columns="window_nll").to_dict("records")})  # fmt: skip
+                     "perplexity": perplexity.to_dict("records")})  # fmt: skip
     print(f"results: {out}")
     return 0
 
