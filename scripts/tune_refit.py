@@ -69,25 +69,37 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(ROOT))
     import pandas as pd
 
-    from attnprune.experiments.reconstruction import BASELINES, Setting, gap_table, perplexity_rows, run_settings
+    from attnprune.experiments.reconstruction import (
+        BASELINES,
+        REFIT_PIPELINE,
+        Setting,
+        gap_table,
+        perplexity_rows,
+        run_settings,
+        time_multiples,
+    )
     from attnprune.llm.data import evaluation_sequences, load_texts, token_sequences
     from attnprune.llm.models import load_model
     from attnprune.llm.refit import RefitConfig
     from attnprune.records.noise import perplexity_comparison
     from attnprune.records.results import provenance, write_json
 
+    # the settings first, so that a bad --objective is refused before the model loads
+    try:
+        settings = {name: Setting(name) for name in BASELINES} | {
+            f"refit {steps}:{lr:g}:{sequences}": Setting(
+                "sparsegpt", args.objective, refit=RefitConfig(args.objective, steps, lr, sequences_per_step=sequences)
+            )
+            for steps, lr, sequences in args.settings
+        }
+    except ValueError as error:  # one line naming the argument, as argparse does
+        raise SystemExit(f"tune_refit.py: error: {error}") from None
     model, tokenizer = load_model(args.model)
     calib_ids = token_sequences(tokenizer, load_texts("austen", "calibration"), args.n_calibration, args.seq_len)
     validation_ids = token_sequences(tokenizer, load_texts("austen", "heldout"), args.n_validation, args.seq_len)
     tune_sets = {
         f"{name} (held-out)": evaluation_sequences(tokenizer, load_texts(name, "heldout"), args.seq_len, args.n_tune)
         for name in TUNING_TEXTS
-    }
-    settings = {name: Setting(name) for name in BASELINES} | {
-        f"refit {steps}:{lr:g}:{sequences}": Setting(
-            "sparsegpt", args.objective, refit=RefitConfig(args.objective, steps, lr, sequences_per_step=sequences)
-        )
-        for steps, lr, sequences in args.settings
     }
     summaries, perplexities = [], []
     for name, setting in settings.items():
@@ -98,9 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         print(summaries[-1][["candidate", "rho", "seconds"]].to_string(header=False, index=False), flush=True)
     timing, perplexity = pd.concat(summaries, ignore_index=True), pd.concat(perplexities, ignore_index=True)
     gaps = gap_table(perplexity).pivot_table(index=["candidate", "rho"], columns="data", values="closed")
-    sparsegpt = timing[timing["candidate"] == "sparsegpt"].set_index("rho")["seconds"]
-    table = timing.set_index(["candidate", "rho"])[["seconds"]]
-    table["× SparseGPT"] = table["seconds"] / table.index.get_level_values("rho").map(sparsegpt)
+    timing["× SparseGPT"] = time_multiples(timing, {REFIT_PIPELINE: "sparsegpt"})
+    table = timing.set_index(["candidate", "rho"])[["seconds", "× SparseGPT"]]
     table = table.join(perplexity.pivot_table(index=["candidate", "rho"], columns="data", values="perplexity"))
     table = table.join(gaps.add_prefix("gap closed, "))
     reference, *others = [name for name in settings if name not in BASELINES]

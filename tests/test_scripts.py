@@ -50,6 +50,11 @@ def test_bad_refit_tune_settings_are_refused_by_name(settings, capsys):
     assert "--settings" in capsys.readouterr().err
 
 
+def test_a_bad_refit_objective_is_refused_by_name_before_the_model_loads():
+    with pytest.raises(SystemExit, match="objective must be one of"):
+        load_script("tune_refit").main(["--objective", "nope", "--model", "no-such-model"])
+
+
 def test_the_benchmark_times_sparsegpt_before_and_after_the_other_methods():
     benchmark = load_script("benchmark")
     assert benchmark.qk_plan(["sparsegpt", "ours"]) == ["sparsegpt", "ours", "sparsegpt", "eval"]
