@@ -37,8 +37,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--settings",
         nargs="+",
-        default=["12:0.002:4", "24:0.001:4", "12:0.001:4", "24:0.002:4"],
-        help="STEPS:LR:SEQUENCES settings of the refit (default: RefitConfig's, 12:0.002:4, and three others)",
+        default=["24:0.002:2", "12:0.002:4", "36:0.002:1", "24:0.003:2"],
+        help="STEPS:LR:SEQUENCES settings of the refit (default: RefitConfig's, 24:0.002:2, and three others)",
     )
     parser.add_argument("--objective", default="output", help="the refit's objective (default: output)")
     parser.add_argument("--n-calibration", type=int, default=8, help="calibration sequences (default 8)")
