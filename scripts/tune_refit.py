@@ -6,8 +6,9 @@ chapter evaluates on, against the baselines given the same calibration data.
 
 The refit of chapter 11 (SparseGPT's support on q/k, the kept weights refitted on ``--objective``,
 early stopping on ``--n-validation`` sequences of Austen's held-out split) is run with every
-``--settings`` entry STEPS:LR:SEQUENCES (Adam steps, step size, calibration sequences a step; every
-other setting at ``RefitConfig``'s default), beside Wanda and SparseGPT, on ``--n-calibration``
+``--settings`` entry STEPS:LR:SEQUENCES[:ANCHOR] (Adam steps, step size, calibration sequences a
+step, and optionally the penalty μ toward SparseGPT's values; every other setting at
+``RefitConfig``'s default), beside Wanda and SparseGPT, on ``--n-calibration``
 sequences of Austen's calibration split, at every ρ. Each is scored by perplexity on the **held-out**
 splits of Austen (*Northanger Abbey* and *Persuasion*) and of Lee (``lee.cor``): never the
 evaluation texts (*Emma*, ``lee_background.cor``) that the book reports, so a setting chosen here is
@@ -38,7 +39,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "--settings",
         nargs="+",
         default=["24:0.002:2", "12:0.002:4", "36:0.002:1", "24:0.003:2"],
-        help="STEPS:LR:SEQUENCES settings of the refit (default: RefitConfig's, 24:0.002:2, and three others)",
+        help="STEPS:LR:SEQUENCES[:ANCHOR] settings of the refit (default: RefitConfig's, 24:0.002:2, and three "
+        "others; ANCHOR, the penalty mu toward SparseGPT's values, defaults to RefitConfig's, 0)",
     )
     parser.add_argument("--objective", default="output", help="the refit's objective (default: output)")
     parser.add_argument("--n-calibration", type=int, default=8, help="calibration sequences (default 8)")
@@ -50,16 +52,30 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     try:
         args.settings = [_setting(entry) for entry in args.settings]
     except ValueError:
-        parser.error(f"--settings must be STEPS:LR:SEQUENCES entries such as 12:0.002:4, got {args.settings}")
-    if not all(steps > 0 and lr > 0 and sequences > 0 for steps, lr, sequences in args.settings):
-        parser.error(f"--settings need STEPS > 0, LR > 0 and SEQUENCES > 0, got {args.settings}")
+        parser.error(f"--settings must be STEPS:LR:SEQUENCES[:ANCHOR] entries such as 24:0.002:2, got {args.settings}")
+    if not all(
+        steps > 0 and lr > 0 and sequences > 0 and (mu is None or mu >= 0) for steps, lr, sequences, mu in args.settings
+    ):
+        parser.error(f"--settings need STEPS > 0, LR > 0, SEQUENCES > 0 and ANCHOR >= 0, got {args.settings}")
     return args
 
 
-def _setting(entry: str) -> tuple[int, float, int]:
-    """STEPS:LR:SEQUENCES → (steps, lr, sequences a step)."""
-    steps, lr, sequences = entry.split(":")
-    return int(steps), float(lr), int(sequences)
+def _setting(entry: str) -> tuple[int, float, int, float | None]:
+    """STEPS:LR:SEQUENCES[:ANCHOR] → (steps, lr, sequences a step, μ or None: RefitConfig's)."""
+    steps, lr, sequences, *anchor = entry.split(":")
+    if len(anchor) > 1:
+        raise ValueError(f"too many fields in {entry!r}")
+    return int(steps), float(lr), int(sequences), float(anchor[0]) if anchor else None
+
+
+def _anchor(mu: float | None) -> dict:
+    """RefitConfig's ``anchor`` keyword when ANCHOR was given (none: its default)."""
+    return {} if mu is None else {"anchor": mu}
+
+
+def _label(steps: int, lr: float, sequences: int, anchor: float | None) -> str:
+    """The setting's name in the table: ``refit STEPS:LR:SEQUENCES``, with ``:ANCHOR`` when given."""
+    return f"refit {steps}:{lr:g}:{sequences}" + ("" if anchor is None else f":{anchor:g}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,10 +103,12 @@ def main(argv: list[str] | None = None) -> int:
     # the settings first, so that a bad --objective is refused before the model loads
     try:
         settings = {name: Setting(name) for name in BASELINES} | {
-            f"refit {steps}:{lr:g}:{sequences}": Setting(
-                "sparsegpt", args.objective, refit=RefitConfig(args.objective, steps, lr, sequences_per_step=sequences)
+            _label(steps, lr, sequences, mu): Setting(
+                "sparsegpt",
+                args.objective,
+                refit=RefitConfig(args.objective, steps, lr, sequences_per_step=sequences, **_anchor(mu)),
             )
-            for steps, lr, sequences in args.settings
+            for steps, lr, sequences, mu in args.settings
         }
     except ValueError as error:  # one line naming the argument, as argparse does
         raise SystemExit(f"tune_refit.py: error: {error}") from None

@@ -35,15 +35,27 @@ def test_bad_tune_settings_are_refused_by_name(settings, capsys):
     assert "--settings" in capsys.readouterr().err
 
 
-def test_refit_tune_settings_are_parsed_as_steps_lr_and_sequences():
-    args = load_script("tune_refit").parse(["--settings", "12:0.002:4", "24:1e-3:8", "--rhos", "0.7"])
-    assert args.settings == [(12, 0.002, 4), (24, 0.001, 8)] and args.rhos == [0.7]
+def test_refit_tune_settings_are_parsed_as_steps_lr_sequences_and_anchor():
+    args = load_script("tune_refit").parse(["--settings", "12:0.002:4", "24:1e-3:8:0.1", "--rhos", "0.7"])
+    assert args.settings == [(12, 0.002, 4, None), (24, 0.001, 8, 0.1)] and args.rhos == [0.7]
     default, refit = load_script("tune_refit").parse([]), RefitConfig()  # the first setting: the defaults
-    assert default.settings[0] == (refit.steps, refit.lr, refit.sequences_per_step)
+    assert default.settings[0] == (refit.steps, refit.lr, refit.sequences_per_step, None)  # μ: RefitConfig's
     assert default.objective == refit.objective
 
 
-@pytest.mark.parametrize("settings", [["12"], ["12:0.002"], ["a:0.002:4"], ["0:0.002:4"], ["12:0:4"], ["12:0.002:0"]])
+@pytest.mark.parametrize(
+    "settings",
+    [
+        ["12"],
+        ["12:0.002"],
+        ["a:0.002:4"],
+        ["0:0.002:4"],
+        ["12:0:4"],
+        ["12:0.002:0"],
+        ["12:0.002:4:-1"],
+        ["12:0.002:4:0.1:x"],
+    ],
+)
 def test_bad_refit_tune_settings_are_refused_by_name(settings, capsys):
     with pytest.raises(SystemExit):
         load_script("tune_refit").parse(["--settings", *settings])
