@@ -2,7 +2,7 @@
 chapter evaluates on, against the baselines given the same calibration data.
 
     .venv/bin/python scripts/tune_refit.py      # RefitConfig's defaults against three other settings
-    .venv/bin/python scripts/tune_refit.py --rhos 0.7 --settings 12:0.002:4 24:0.001:4
+    .venv/bin/python scripts/tune_refit.py --rhos 0.7 --settings 24:0.002:2 24:0.002:2:1   # mu = 1
 
 The refit of chapter 11 (SparseGPT's support on q/k, the kept weights refitted on ``--objective``,
 early stopping on ``--n-validation`` sequences of Austen's held-out split) is run with every
