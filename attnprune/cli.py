@@ -59,7 +59,7 @@ from .llm.models import OFFLINE_MODEL, PAPER_MODEL, load_model
 from .llm.objectives import OBJECTIVES
 from .llm.prune import CAPTURES, METHODS, OURS_DEFAULTS, REFIT_DEFAULTS
 from .llm.qk_objective import QUERY_ROWS
-from .llm.refit import SCOPES, RefitConfig
+from .llm.refit import SCOPES, WINDOWS, RefitConfig
 from .records.results import versions, write_json
 from .structured.allocation import ALLOCATIONS, GQA_RULES
 from .structured.compensation import COMPENSATIONS
@@ -431,14 +431,23 @@ def _reconstruction_options(prune: argparse.ArgumentParser) -> None:
         f"the linear method's (default {VALIDATION_DEFAULT}; 0: no early stopping, the last step's "
         "weights). A local .txt --calib has no held-out split: pass --n-validation 0 with it",
     )
+    group.add_argument(
+        "--refit-window",
+        choices=WINDOWS,
+        default=None,
+        help=f"with --objective: what the refit moves. all (default, {REFIT.window!r} is RefitConfig's): the kept "
+        "weights of the pruned layers and every dense layer the objective reads (q/k on output: v_proj and "
+        "o_proj too, which stay dense); it fitted held-out in-domain text better than pruned, the kept weights "
+        "alone, and tied out of domain (chapter 11). pruned: the kept weights alone",
+    )
 
 
 def _structured_options(prune: argparse.ArgumentParser) -> None:
     group = prune.add_argument_group(
         "structured pruning (arXiv 2412.12441)",
         "Whole heads and MLP channels of every layer, scored from one dense pass on the calibration "
-        "sequences; --layers, --capture, --resume, --objective, --scope, --n-validation and the options "
-        "of ours do not apply.",
+        "sequences; --layers, --capture, --resume, --objective, --scope, --n-validation, --refit-window and the "
+        "options of ours do not apply.",
     )
     group.add_argument(
         "--structured",
@@ -735,7 +744,7 @@ def _check_method(args: argparse.Namespace) -> None:
             "--resume does not apply to --structured: it scores all layers from one dense pass, so there "
             "are no finished layers to resume from; rerun the command without --resume"
         )
-    other = ("layers", "capture", "objective", "scope", "n_validation", *OURS_OPTIONS)
+    other = ("layers", "capture", "objective", "scope", "n_validation", "refit_window", *OURS_OPTIONS)
     other = [key for key in other if getattr(args, key) is not None]
     if other:
         flags = ", ".join(f"--{key.replace('_', '-')}" for key in other)
@@ -831,6 +840,8 @@ def _check_reconstruction(args: argparse.Namespace) -> None:
         raise CommandError(
             "--n-validation applies to --objective only (held-out sequences of its refit's early stopping)"
         )
+    if args.refit_window is not None and args.objective is None:
+        raise CommandError("--refit-window applies to --objective only (what its refit moves)")
     given = [key for key in OURS_OPTIONS if getattr(args, key) is not None]
     allowed = OURS_OPTIONS if args.method == "ours" else REFIT_OPTIONS if args.objective is not None else ()
     wrong = [key for key in given if key not in allowed]
@@ -877,7 +888,8 @@ def _reconstruct_config(args: argparse.Namespace):
     try:
         if args.objective is not None:
             options = {key: getattr(args, key) for key in REFIT_OPTIONS if getattr(args, key) is not None}
-            refit = RefitConfig(objective=args.objective, seed=args.seed, **options)
+            window = {} if args.refit_window is None else {"window": args.refit_window}
+            refit = RefitConfig(objective=args.objective, seed=args.seed, **options, **window)
         layers = None if args.layers is None else tuple(args.layers)
         config = ReconstructConfig(args.method, args.sparsity, args.scope, refit, layers, args.batch_size)
     except ValueError as error:
@@ -1006,10 +1018,10 @@ def _reconstruct(args: argparse.Namespace, config, out: Output, model, tokenizer
     weights written into the model (ours to change), then the checkpoint."""
     from .core.solver import zero_fraction
     from .llm.models import decoder_layers
-    from .llm.refit import reconstruct_model, write_weights
+    from .llm.refit import reconstruct_model, refitted_names, write_weights
 
-    names = SCOPES[config.scope]
-    done = out.finished_layers(args.device, names) if args.resume else {}
+    names = SCOPES[config.scope]  # the pruned layers (a refit may also change the window's dense ones)
+    done = out.finished_layers(args.device, refitted_names(config)) if args.resume else {}
     weights, report = reconstruct_model(
         model,
         calib,
@@ -1020,7 +1032,7 @@ def _reconstruct(args: argparse.Namespace, config, out: Output, model, tokenizer
         on_layer=out.save_layer,
     )
     write_weights(model, weights)  # this model is ours to change: it is written out pruned
-    pruned = [W for layer_weights in weights.values() for W in layer_weights.values()]
+    pruned = [layer_weights[name] for layer_weights in weights.values() for name in names]
     linear = [m.weight for m in decoder_layers(model).modules() if isinstance(m, torch.nn.Linear)]
     by_name = {name: [layer_weights[name] for layer_weights in weights.values()] for name in names}
     summary = {

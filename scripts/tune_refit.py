@@ -43,6 +43,14 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "others; ANCHOR, the penalty mu toward SparseGPT's values, defaults to RefitConfig's, 0)",
     )
     parser.add_argument("--objective", default="output", help="the refit's objective (default: output)")
+    parser.add_argument(
+        "--target", default="layer", help="what the refit aims at: layer (the dense layer) or model (default: layer)"
+    )
+    parser.add_argument(
+        "--window",
+        default="all",
+        help="what the refit moves: all (the dense v_proj/o_proj too) or pruned (default: all, RefitConfig's)",
+    )
     parser.add_argument("--n-calibration", type=int, default=8, help="calibration sequences (default 8)")
     parser.add_argument("--n-validation", type=int, default=4, help="early-stopping sequences (default 4)")
     parser.add_argument("--n-tune", type=int, default=8, help="held-out windows per text (default 8)")
@@ -106,7 +114,15 @@ def main(argv: list[str] | None = None) -> int:
             _label(steps, lr, sequences, mu): Setting(
                 "sparsegpt",
                 args.objective,
-                refit=RefitConfig(args.objective, steps, lr, sequences_per_step=sequences, **_anchor(mu)),
+                refit=RefitConfig(
+                    args.objective,
+                    steps,
+                    lr,
+                    sequences_per_step=sequences,
+                    target=args.target,
+                    window=args.window,
+                    **_anchor(mu),
+                ),
             )
             for steps, lr, sequences, mu in args.settings
         }

@@ -67,7 +67,8 @@ def test_help_mentions_every_new_flag(capsys):
     assert exit_.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
     for part in ("--objective", "--scope", "--n-validation", "frobenius", "kl", "output", "block", "qkvo",
-                 "recommended", "D²Prune", "needed for --scope all", "with --objective: Adam steps"):  # fmt: skip
+                 "recommended", "D²Prune", "needed for --scope all", "with --objective: Adam steps",
+                 "--refit-window"):  # fmt: skip
         assert part in text, part
 
 
@@ -92,6 +93,11 @@ def test_objective_output_end_to_end(paths, tmp_path, capsys):
     name = "model.layers.0.self_attn.q_proj.weight"
     assert ((refitted[name] == 0) == (alone[name] == 0)).float().mean() > 0.95
     assert not torch.equal(refitted[name], alone[name])
+    v_proj = "model.layers.0.self_attn.v_proj.weight"  # the window's dense v_proj moved and stays dense
+    assert not torch.equal(refitted[v_proj], alone[v_proj]) and bool((refitted[v_proj] != 0).all())
+    kept = tmp_path / "kept"  # --refit-window pruned: the kept weights alone, v_proj untouched
+    _run_ok(_refit(paths, kept, "--objective", "output", "--refit-window", "pruned"), capsys)
+    assert torch.equal(load_file(kept / "model.safetensors")[v_proj], alone[v_proj])
 
 
 def test_scope_qkvo_with_output(paths, tmp_path, capsys):
@@ -149,6 +155,8 @@ BAD = {
     "scope-with-ours": (("--scope", "qkvo"), "ours", ["--scope qkvo", "--method ours"]),
     "n-validation-without-objective": (("--n-validation", "2"), "wanda", ["--n-validation", "--objective"]),
     "n-validation-negative": (("--objective", "output", "--n-validation", "-1"), "wanda", ["--n-validation"]),
+    "refit-window-without-objective": (("--refit-window", "pruned"), "wanda", ["--refit-window", "--objective"]),
+    "refit-window-unknown": (("--objective", "output", "--refit-window", "v"), "wanda", ["--refit-window"]),
     "steps-without-objective": (("--scope", "qkvo", "--steps", "2"), "wanda", ["--steps", "--method ours"]),
     "capture-dense-with-objective": (("--objective", "output", "--capture", "dense"), "wanda", ["--capture"]),
     "objective-unknown": (("--objective", "mse"), "wanda", ["--objective", "invalid choice"]),

@@ -9,7 +9,13 @@ weights W = {q, k, v, o, gate, up, down} (``nn.Linear`` layout), with W⁰ the d
     O(W) = [P_1 V_{g(1)}, …, P_h V_{g(h)}] W_oᵀ   the output of the attention block           (N, T, d)
     Y(W) = the decoder block's output (attention and MLP, residuals included)             (N, T, d)
 
-and the objectives, each relative to the dense layer on the same inputs:
+and the objectives, each relative to a dense **target**: by default the dense layer on the same
+inputs (SparseGPT's convention), or, when the window holds the dense model's own input to this layer
+(``reference``, H⁰), the dense model's activations at the window's end (the "Free Lunch" target,
+which also asks the refit to undo the error that the layers below left in the residual stream):
+P(W⁰) and O(W⁰) then come from X⁰ = norm(H⁰), the output's target is H⁰ + O(W⁰; X⁰) − H (the
+residual stream after the attention, less the input H that the window adds back), the block's
+Y(W⁰; H⁰). The normalisers stay the dense layer's own size on H⁰. The objectives:
 
 - ``"frobenius"`` (the paper's, Definition 3.2 on the real layer): ‖P(W̃) − P(W⁰)‖²_F / ‖P(W⁰)‖²_F;
 - ``"kl"`` (D²Prune's divergence): the mean over sequences, heads and query rows of
@@ -62,12 +68,15 @@ class LayerWindow:
     """One decoder layer on calibration inputs: the block ``layer`` (its parameters are the dense
     weights W⁰, never changed), its input hidden states H = ``hidden`` (N × T × d) and the keyword
     arguments the block needs (``kwargs``, from :func:`attnprune.llm.capture.layer_inputs`; its
-    ``position_embeddings`` are the rotary tables). ``X`` = norm(H) is the attention input."""
+    ``position_embeddings`` are the rotary tables). ``X`` = norm(H) is the attention input.
+    ``reference`` (N × T × d, or None) is the dense model's input H⁰ to this layer on the same
+    sequences: given, the objectives aim at the dense model's activations (module docstring)."""
 
     layer: nn.Module
     hidden: Tensor
     kwargs: dict
     shape: AttentionShape
+    reference: Tensor | None = None
     X: Tensor = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -75,13 +84,33 @@ class LayerWindow:
             raise ValueError(
                 f"hidden must be N × T × d with d = {self.shape.hidden}, got shape {tuple(self.hidden.shape)}"
             )
+        if self.reference is not None and self.reference.shape != self.hidden.shape:
+            raise ValueError(
+                f"reference must have the shape of hidden {tuple(self.hidden.shape)}, got {tuple(self.reference.shape)}"
+            )
         with torch.no_grad():
             self.X = self.layer.input_layernorm(self.hidden)
 
     @classmethod
-    def of(cls, model: nn.Module, index: int, hidden: Tensor, kwargs: dict) -> LayerWindow:
-        """The window of decoder layer ``index`` of ``model`` on ``hidden``."""
-        return cls(decoder_layers(model)[index], hidden, kwargs, attention_shape(model))
+    def of(
+        cls, model: nn.Module, index: int, hidden: Tensor, kwargs: dict, reference: Tensor | None = None
+    ) -> LayerWindow:
+        """The window of decoder layer ``index`` of ``model`` on ``hidden`` (and ``reference``)."""
+        return cls(decoder_layers(model)[index], hidden, kwargs, attention_shape(model), reference)
+
+    def target_window(self) -> LayerWindow:
+        """The window the dense targets are computed on: the dense model's input H⁰ if given, else
+        this one."""
+        if self.reference is None:
+            return self
+        return LayerWindow(self.layer, self.reference, self.kwargs, self.shape)
+
+    def drift(self, rows: Tensor) -> Tensor:
+        """H⁰ − H (b, T, d) of the sequences ``rows``: what the layers below changed in the residual
+        stream (zero without a reference)."""
+        if self.reference is None:
+            return torch.zeros_like(self.hidden[rows])
+        return self.reference[rows] - self.hidden[rows]
 
     @property
     def n_sequences(self) -> int:
@@ -193,7 +222,8 @@ class ProbabilityFrobenius(Objective):
     name, label, reads = "frobenius", "probabilities, Frobenius", ("q", "k")
 
     def _dense_scales(self) -> Tensor:
-        self._dense_qk = _by_chunks(self.window, lambda rows: self.window.queries_keys({}, rows))
+        target = self.window.target_window()
+        self._dense_qk = _by_chunks(target, lambda rows: target.queries_keys({}, rows))
         return torch.stack([self._target(torch.tensor([i])).square().sum() for i in range(self.window.n_sequences)])
 
     def _target(self, rows: Tensor) -> Tensor:
@@ -212,7 +242,8 @@ class ProbabilityKL(ProbabilityFrobenius):
     name, label, reads = "kl", "probabilities, KL", ("q", "k")
 
     def _dense_scales(self) -> Tensor:
-        self._dense_qk = _by_chunks(self.window, lambda rows: self.window.queries_keys({}, rows))
+        target = self.window.target_window()
+        self._dense_qk = _by_chunks(target, lambda rows: target.queries_keys({}, rows))
         rows_per_sequence = self.window.shape.heads * self.window.X.shape[1]
         return torch.full((self.window.n_sequences,), float(rows_per_sequence), dtype=torch.float64)
 
@@ -229,8 +260,10 @@ class AttentionOutput(Objective):
     name, label, reads = "output", "attention output", ("q", "k", "v", "o")
 
     def _dense_scales(self) -> Tensor:
-        (self._target,) = _by_chunks(self.window, lambda rows: (self.window.attention_output({}, rows),))
-        return self._target.double().square().sum(dim=(1, 2))
+        target = self.window.target_window()
+        (dense,) = _by_chunks(target, lambda rows: (target.attention_output({}, rows),))
+        self._target = dense + self.window.drift(slice(None))  # (N, T, d): O(W⁰; X⁰) + H⁰ − H
+        return dense.double().square().sum(dim=(1, 2))
 
     def error(self, weights: Weights, rows: Tensor) -> Tensor:
         return (self.window.attention_output(weights, rows) - self._target[rows]).square().sum()
@@ -242,8 +275,9 @@ class BlockOutput(Objective):
     name, label, reads = "block", "block output", tuple(MODULES)
 
     def _dense_scales(self) -> Tensor:
-        (self._target,) = _by_chunks(self.window, lambda rows: (self.window.block_output({}, rows),))
-        return (self._target - self.window.hidden).double().square().sum(dim=(1, 2))
+        target = self.window.target_window()
+        (self._target,) = _by_chunks(target, lambda rows: (target.block_output({}, rows),))
+        return (self._target - target.hidden).double().square().sum(dim=(1, 2))
 
     def error(self, weights: Weights, rows: Tensor) -> Tensor:
         return (self.window.block_output(weights, rows) - self._target[rows]).square().sum()

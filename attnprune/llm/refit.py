@@ -10,7 +10,9 @@ For one decoder layer and the linear layers of a **scope** (``"qk"``: q_proj and
    with the earlier stages already pruned (SparseGPT's "true sequential" order); layers that read
    the same input share SparseGPT's H = XᵀX. This gives the masks B and the starting values W^lin.
 2. **Refit.** The kept weights W̃_S are free parameters, from W^lin (an *additive* refit: B∘W̃,
-   not B∘M∘W^lin), fitted by Adam to
+   not B∘M∘W^lin), and, with ``window="all"`` (the default), so is every *dense* layer that the
+   objective reads beside them (for q/k on the attention output: v_proj and o_proj, every entry
+   free, from W⁰; they stay dense), fitted by Adam to
 
        L(W̃) = objective(B∘W̃) + (μ/2)·Σ_m ‖W̃_m − W^lin_m‖²_F / ‖W^lin_m‖²_F
 
@@ -54,6 +56,13 @@ SCOPES = {"qk": ("q", "k"), "qkvo": ("q", "k", "v", "o"), "all": tuple(MODULES)}
 """The linear layers of each decoder block that a scope prunes."""
 STAGES = (("q", "k", "v"), ("o",), ("gate", "up"), ("down",))
 """The order in which the supports are taken; the layers of a stage read the same input."""
+TARGETS = ("layer", "model")
+"""What a refit aims at: the dense layer on the pruned model's inputs (SparseGPT's convention) or
+the dense model's own activations at the window's end (the "Free Lunch" target:
+:mod:`attnprune.llm.objectives`)."""
+WINDOWS = ("all", "pruned")
+"""What a refit moves: every layer the objective reads (the pruned ones on their support, the dense
+ones freely), or the pruned layers' kept weights alone."""
 ALLOCATIONS = ("uniform", "owl")
 """How ρ is spread over the layers: the same everywhere, or OWL's outlier-weighted sparsities."""
 LayerWeights = dict[int, Weights]
@@ -66,7 +75,9 @@ class RefitConfig:
     :data:`~attnprune.llm.objectives.OBJECTIVES`), ``steps`` Adam steps of size ``lr`` with a
     ``schedule`` of :func:`~attnprune.core.solver.step_size`, ``anchor`` μ (the penalty toward the
     linear method's values), ``sequences_per_step`` calibration sequences a step (None: all),
-    ``check_every`` steps between early-stopping checks, ``seed`` of the minibatch order.
+    ``check_every`` steps between early-stopping checks, ``seed`` of the minibatch order,
+    ``target`` (one of :data:`TARGETS`): the dense layer on the same inputs, or the dense model;
+    ``window`` (one of :data:`WINDOWS`): refit the dense layers the objective reads too, or not.
 
     **[choice]** The defaults (the attention output, 24 steps of 2 sequences at 2e-3, checked
     every 4 steps, no anchor: early stopping is the guard) are the best of the settings we scored
@@ -74,7 +85,12 @@ class RefitConfig:
     SmolLM2, q/k at ρ = 0.5 and 0.7, 8 × 512 Austen tokens, 2 CPU cores: 4.2–4.5×). At ρ = 0.7 they
     beat the earlier 12 steps of 4 beyond noise on both held-out texts and tie at 0.5; 36 steps of
     1, 24 of 2 at 3e-3 and 48 of 1 (5.2×) did not beat them. More sequences a step fit better and
-    cost more: 24 steps of 4 took 6.3×, 30 of 8 13×; chapter 11 draws that curve."""
+    cost more: 24 steps of 4 took 6.3×, 30 of 8 13×; chapter 11 draws that curve. **[choice]**
+    ``window="all"``: on the same held-out text, moving the dense v_proj/o_proj beside the kept
+    q/k weights lowered held-out Austen's perplexity by 0.35 [0.23, 0.48] at ρ = 0.5 and 0.69
+    [0.35, 1.07] at 0.7 against the kept weights alone, and tied on the Lee news (−0.05, −0.04),
+    at 4.2–4.6× SparseGPT's time; ``target="model"`` (the dense model's activations) tied at 0.5 and
+    was worse on Lee at 0.7 (+0.28 [0.15, 0.41]), so the dense layer stays the target."""
 
     objective: str = "output"
     steps: int = 24
@@ -84,6 +100,8 @@ class RefitConfig:
     sequences_per_step: int | None = 2
     check_every: int = 4
     seed: int = 0
+    target: str = "layer"
+    window: str = "all"
 
     def __post_init__(self) -> None:
         check_choice("objective", self.objective, tuple(OBJECTIVES))
@@ -94,6 +112,8 @@ class RefitConfig:
         if self.sequences_per_step is not None:
             check_positive_int("sequences_per_step", self.sequences_per_step)
         check_positive_int("check_every", self.check_every)
+        check_choice("target", self.target, TARGETS)
+        check_choice("window", self.window, WINDOWS)
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
 
@@ -132,6 +152,15 @@ class ReconstructConfig:
                 )
         if self.layers is not None:
             object.__setattr__(self, "layers", _checked_layers(self.layers))
+
+
+def refitted_names(config: ReconstructConfig) -> tuple[str, ...]:
+    """The linear layers whose weights :func:`reconstruct_model` returns for each layer: those the
+    scope prunes, then (a refit with ``window="all"``) the dense ones its objective reads."""
+    pruned = SCOPES[config.scope]
+    if config.refit is None or config.refit.window == "pruned":
+        return pruned
+    return pruned + tuple(name for name in OBJECTIVES[config.refit.objective].reads if name not in pruned)
 
 
 # -- one layer ------------------------------------------------------------------------------------
@@ -327,7 +356,9 @@ def reconstruct_model(
         streams["validation"] = layer_inputs(
             model, check_input_ids(validation_ids, model), batch_size=config.batch_size
         )
-    done = _checked_done(model, layers, SCOPES[config.scope], done)
+    if config.refit is not None and config.refit.target == "model":  # the dense model's inputs, too
+        streams |= {f"{name} (dense)": stream for name, stream in streams.items()}
+    done = _checked_done(model, layers, refitted_names(config), done)
     start, pruned, rows = time.perf_counter(), {}, []
     sparsity = layer_sparsities(model, calib_ids, config, layers)
     for index in tqdm(range(max(layers) + 1), desc="reconstruct", unit="layer", disable=not progress):
@@ -335,19 +366,30 @@ def reconstruct_model(
             pruned[index] = done[index]
             rows.append(LayerRefit(index, None, None, None, None, 0, 0.0))
         elif index in layers:
-            windows = {name: LayerWindow.of(model, index, *stream) for name, stream in streams.items()}
+            windows = {
+                name: LayerWindow.of(model, index, *stream, _reference(streams, name))
+                for name, stream in streams.items()
+                if "(dense)" not in name
+            }
             pruned[index], row = _reconstruct_layer(index, windows, config, sparsity[index])
             rows.append(row)
             if on_layer is not None:
                 on_layer(index, pruned[index])
-        overrides = block_overrides(pruned.get(index, {}))
         for name, (hidden, kwargs) in streams.items():
+            overrides = {} if "(dense)" in name else block_overrides(pruned.get(index, {}))
             out = run_layer(model, index, hidden, kwargs, batch_size=config.batch_size, overrides=overrides)
             streams[name] = (out, kwargs)
     n_validation = int(validation_ids.shape[0]) if "validation" in streams else 0
     seconds = time.perf_counter() - start
     report = ReconstructReport(asdict(config), int(calib_ids.shape[0]), n_validation, rows, seconds, sparsity)
     return pruned, report
+
+
+def _reference(streams: dict[str, tuple[Tensor, dict]], name: str) -> Tensor | None:
+    """The dense model's hidden states beside stream ``name`` (None when the refit aims at the
+    dense layer)."""
+    dense = streams.get(f"{name} (dense)")
+    return None if dense is None else dense[0]
 
 
 def _checked_done(
@@ -388,6 +430,9 @@ def _reconstruct_layer(
     start, masks = linear_support(calibration, config.support, SCOPES[config.scope], sparsity)
     if config.refit is None:
         return start, LayerRefit(index, None, None, None, None, 0, time.perf_counter() - tic)
+    for name in [n for n in refitted_names(config) if n not in start]:  # the dense ones: every entry free
+        start[name] = calibration.dense(name).clone()
+        masks[name] = torch.ones_like(start[name])
     fit = objective_for(config.refit.objective, calibration)
     held = objective_for(config.refit.objective, windows["validation"]) if "validation" in windows else None
     result = refit(fit, start, masks, config.refit, validation=held, batch_size=config.batch_size)

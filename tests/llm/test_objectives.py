@@ -118,6 +118,43 @@ def test_bad_names_are_refused(window, model):
         objective_for("mse", window)
     with pytest.raises(ValueError, match="hidden must be N × T × d"):
         LayerWindow.of(model, 0, torch.zeros(2, 3), window.kwargs)
+    with pytest.raises(ValueError, match="reference must have the shape of hidden"):
+        LayerWindow.of(model, 1, window.hidden, window.kwargs, window.hidden[:1])
+
+
+def drifted(model, window):
+    """The window fed a perturbed input H (as if the layers below were pruned), with the dense
+    model's input H⁰ as its reference."""
+    noise = torch.randn(window.hidden.shape, generator=torch.Generator().manual_seed(5))
+    hidden = window.hidden + 0.1 * window.hidden.std() * noise
+    return LayerWindow.of(model, 1, hidden, window.kwargs, window.hidden)
+
+
+def test_a_reference_equal_to_the_input_changes_no_objective(model, window):
+    same = LayerWindow.of(model, 1, window.hidden, window.kwargs, window.hidden)
+    weights = pruned_qk(window)
+    for name in OBJECTIVES:
+        expected = objective_for(name, window).relative_error(weights)
+        assert objective_for(name, same).relative_error(weights) == pytest.approx(expected, rel=1e-6)
+
+
+def test_with_a_reference_the_targets_are_the_dense_models_activations(model, window):
+    moved = drifted(model, window)
+    rows = torch.arange(window.n_sequences)
+    for name in OBJECTIVES:  # the normalisers are the dense layer's own, on H⁰
+        torch.testing.assert_close(objective_for(name, moved)._scales, objective_for(name, window)._scales)
+    output = objective_for("output", moved)
+    expected = window.attention_output({}, rows) + window.hidden - moved.hidden  # O(W⁰; X⁰) + H⁰ − H
+    torch.testing.assert_close(output._target, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(objective_for("block", moved)._target, window.block_output({}, rows))
+    # the dense weights no longer score zero: they do not undo the drift
+    assert all(objective_for(name, moved).relative_error({}) > 0 for name in OBJECTIVES)
+    from attnprune.llm.qk_objective import probabilities_from
+
+    P0 = probabilities_from(*window.queries_keys({}, rows), window.shape)  # on H⁰
+    P = probabilities_from(*moved.queries_keys({}, rows), window.shape)  # on H
+    direct = float((P - P0).double().square().sum() / P0.double().square().sum())
+    assert objective_for("frobenius", moved).relative_error({}) == pytest.approx(direct, rel=1e-4)
 
 
 def test_the_fused_attention_output_equals_the_product_of_the_probabilities_and_the_values(window):

@@ -16,6 +16,7 @@ from attnprune.llm.refit import (
     linear_support,
     reconstruct_model,
     refit,
+    refitted_names,
     with_weights,
 )
 
@@ -147,6 +148,8 @@ def test_reconstruct_model_refits_every_layer_and_leaves_the_model_untouched(mod
         (lambda: RefitConfig(lr=-1.0), "lr"),
         (lambda: RefitConfig(anchor=-1.0), "anchor"),
         (lambda: RefitConfig(sequences_per_step=0), "sequences_per_step"),
+        (lambda: RefitConfig(target="dense"), "target must be one of"),
+        (lambda: RefitConfig(window="dense"), "window must be one of"),
         (lambda: ReconstructConfig("ours", 0.5), "support"),
         (lambda: ReconstructConfig("wanda", 1.0), "sparsity"),
         (lambda: ReconstructConfig("wanda", 0.5, scope="mlp"), "scope"),
@@ -158,6 +161,36 @@ def test_reconstruct_model_refits_every_layer_and_leaves_the_model_untouched(mod
 def test_bad_settings_are_refused_naming_the_argument(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+def test_aiming_at_the_dense_model_changes_the_layers_above_the_first_only(model, ids):
+    def config(target):  # no early stopping: the last step's weights
+        return ReconstructConfig("sparsegpt", 0.5, refit=RefitConfig(steps=3, target=target), batch_size=2)
+
+    ours, _ = reconstruct_model(model, ids[:4], config("layer"))
+    theirs, _ = reconstruct_model(model, ids[:4], config("model"))
+    # layer 0 reads the embeddings in both (no drift yet); layer 1 reads a pruned layer 0's output
+    assert all(torch.equal(ours[0][n], theirs[0][n]) for n in ours[0])
+    assert any(not torch.equal(ours[1][n], theirs[1][n]) for n in ours[1])
+    assert all(exact_rows({n: w[n] for n in SCOPES["qk"]}, 0.5) for w in theirs.values())
+
+
+def test_the_refit_window_holds_the_dense_layers_the_objective_reads(model, ids):
+    def config(objective, scope="qk", window="all"):
+        return ReconstructConfig("sparsegpt", 0.5, scope, RefitConfig(objective, steps=3, window=window), batch_size=2)
+
+    assert refitted_names(config("output")) == ("q", "k", "v", "o")
+    assert refitted_names(config("output", window="pruned")) == refitted_names(config("frobenius")) == ("q", "k")
+    assert refitted_names(config("output", "qkvo")) == ("q", "k", "v", "o")
+    assert refitted_names(ReconstructConfig("wanda", 0.5, refit=None)) == ("q", "k")
+    both, _ = reconstruct_model(model, ids[:4], config("output"))  # no early stopping: the last step
+    alone, _ = reconstruct_model(model, ids[:4], config("output", window="pruned"))
+    blocks = model.model.layers
+    for index, weights in both.items():
+        assert set(weights) == {"q", "k", "v", "o"} and set(alone[index]) == {"q", "k"}
+        assert exact_rows({n: weights[n] for n in ("q", "k")}, 0.5)
+        assert bool((weights["v"] != 0).all()) and bool((weights["o"] != 0).all())  # they stay dense
+        assert not torch.equal(weights["o"], blocks[index].self_attn.o_proj.weight)  # and move
 
 
 def test_resuming_from_finished_layers_gives_the_same_weights_bit_for_bit(model, ids):
