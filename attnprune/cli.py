@@ -13,7 +13,8 @@ channels) and evaluate perplexity.
 layer (or ``--layers``) at sparsity R, writes an ordinary Hugging Face checkpoint (model and
 tokenizer) to DIR and prints a JSON summary (also saved as DIR/attnprune_summary.json).
 ``--objective`` (attention-aware reconstruction, :mod:`attnprune.llm.refit`): the linear --method
-chooses the support, then the kept weights are refitted on that objective, layer by layer, with
+chooses the support, then the kept weights (and, with ``--refit-window all``, the default, the
+dense layers the objective reads) are refitted on that objective, layer by layer, with
 early stopping on ``--n-validation`` sequences of the calibration source's held-out split;
 ``--scope`` widens the pruned layers from q/k to the attention block (qkvo) or every linear layer
 of each block (all).
