@@ -7,7 +7,8 @@ chapter evaluates on, against the baselines given the same calibration data.
 The refit of chapter 11 (SparseGPT's support on q/k, the kept weights refitted on ``--objective``,
 early stopping on ``--n-validation`` sequences of Austen's held-out split) is run with every
 ``--settings`` entry STEPS:LR:SEQUENCES[:ANCHOR] (Adam steps, step size, calibration sequences a
-step, and optionally the penalty μ toward SparseGPT's values; every other setting at
+step, and optionally the penalty μ toward SparseGPT's values; ``--window`` and ``--target`` as
+``RefitConfig``'s fields of those names; every other setting at
 ``RefitConfig``'s default), beside Wanda and SparseGPT, on ``--n-calibration``
 sequences of Austen's calibration split, at every ρ. Each is scored by perplexity on the **held-out**
 splits of Austen (*Northanger Abbey* and *Persuasion*) and of Lee (``lee.cor``): never the
