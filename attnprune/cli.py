@@ -436,10 +436,10 @@ def _reconstruction_options(prune: argparse.ArgumentParser) -> None:
         "--refit-window",
         choices=WINDOWS,
         default=None,
-        help=f"with --objective: what the refit moves. all (default, {REFIT.window!r} is RefitConfig's): the kept "
-        "weights of the pruned layers and every dense layer the objective reads (q/k on output: v_proj and "
-        "o_proj too, which stay dense); it fitted held-out in-domain text better than pruned, the kept weights "
-        "alone, and tied out of domain (chapter 11). pruned: the kept weights alone",
+        help="with --objective: what the refit moves. all: the kept weights of the pruned layers and every "
+        "dense layer the objective reads (q/k on output: v_proj and o_proj too, which stay dense); it fitted "
+        "held-out in-domain text better than the kept weights alone and tied out of domain (chapter 11). "
+        f"pruned: the kept weights alone (default {REFIT.window}, RefitConfig's)",
     )
 
 
