@@ -10,7 +10,9 @@ early stopping on ``--n-validation`` sequences of Austen's held-out split) is ru
 step, and optionally the penalty μ toward SparseGPT's values; ``--window`` and ``--target`` as
 ``RefitConfig``'s fields of those names; every other setting at
 ``RefitConfig``'s default), beside Wanda and SparseGPT, on ``--n-calibration``
-sequences of Austen's calibration split, at every ρ. Each is scored by perplexity on the **held-out**
+sequences of Austen's calibration split, at every ρ. ``--calibration generated`` replaces Austen
+(calibration and early stopping, for every method alike) by sequences the dense model samples
+itself (:mod:`attnprune.llm.generate`, self-calibration); ``mixed`` takes half of each. Each is scored by perplexity on the **held-out**
 splits of Austen (*Northanger Abbey* and *Persuasion*) and of Lee (``lee.cor``): never the
 evaluation texts (*Emma*, ``lee_background.cor``) that the book reports, so a setting chosen here is
 not chosen on the numbers it is judged by. It prints, per setting and ρ, the seconds as a multiple of
@@ -28,8 +30,11 @@ import os
 import sys
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
 TUNING_TEXTS = ("austen", "lee")
+CALIBRATION_SOURCES = ("austen", "generated", "mixed")
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -51,6 +56,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "--window",
         default="all",
         help="what the refit moves: all (the dense v_proj/o_proj too) or pruned (default: all, RefitConfig's)",
+    )
+    parser.add_argument(
+        "--calibration",
+        choices=CALIBRATION_SOURCES,
+        default="austen",
+        help="calibration and early-stopping text, for every method alike: austen (the chapters'), generated "
+        "(sampled from the dense model itself, self-calibration) or mixed (half each; default: austen)",
     )
     parser.add_argument("--n-calibration", type=int, default=8, help="calibration sequences (default 8)")
     parser.add_argument("--n-validation", type=int, default=4, help="early-stopping sequences (default 4)")
@@ -87,6 +99,24 @@ def _label(steps: int, lr: float, sequences: int, anchor: float | None) -> str:
     return f"refit {steps}:{lr:g}:{sequences}" + ("" if anchor is None else f":{anchor:g}")
 
 
+def calibration_ids(model, tokenizer, source: str, split: str, n: int, seq_len: int):
+    """(n, seq_len) sequences of ``source`` for the calibration (``split`` "calibration") or
+    early-stopping ("heldout") set: random windows of Austen's split, sequences the dense model
+    samples (seed 0 for calibration, 1 for early stopping, so the two never share a sequence), or
+    ⌊n/2⌋ of Austen's then the rest sampled."""
+    from attnprune.llm.data import load_texts, token_sequences
+    from attnprune.llm.generate import generated_sequences, start_token_id
+
+    n_austen = {"austen": n, "generated": 0, "mixed": n // 2}[source]
+    parts = []
+    if n_austen:
+        parts.append(token_sequences(tokenizer, load_texts("austen", split), n_austen, seq_len))
+    if n > n_austen:
+        seed = {"calibration": 0, "heldout": 1}[split]
+        parts.append(generated_sequences(model, n - n_austen, seq_len, start_id=start_token_id(tokenizer), seed=seed))
+    return torch.cat(parts)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -103,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         run_settings,
         time_multiples,
     )
-    from attnprune.llm.data import evaluation_sequences, load_texts, token_sequences
+    from attnprune.llm.data import evaluation_sequences, load_texts
     from attnprune.llm.models import load_model
     from attnprune.llm.refit import RefitConfig
     from attnprune.records.noise import perplexity_comparison
@@ -130,8 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:  # one line naming the argument, as argparse does
         raise SystemExit(f"tune_refit.py: error: {error}") from None
     model, tokenizer = load_model(args.model)
-    calib_ids = token_sequences(tokenizer, load_texts("austen", "calibration"), args.n_calibration, args.seq_len)
-    validation_ids = token_sequences(tokenizer, load_texts("austen", "heldout"), args.n_validation, args.seq_len)
+    calib_ids = calibration_ids(model, tokenizer, args.calibration, "calibration", args.n_calibration, args.seq_len)
+    validation_ids = calibration_ids(model, tokenizer, args.calibration, "heldout", args.n_validation, args.seq_len)
     tune_sets = {
         f"{name} (held-out)": evaluation_sequences(tokenizer, load_texts(name, "heldout"), args.seq_len, args.n_tune)
         for name in TUNING_TEXTS
