@@ -3,20 +3,21 @@ chapter evaluates on, against the baselines given the same calibration data.
 
     .venv/bin/python scripts/tune_refit.py      # RefitConfig's defaults against three other settings
     .venv/bin/python scripts/tune_refit.py --rhos 0.7 --settings 24:0.002:2 24:0.002:2:1   # mu = 1
+    .venv/bin/python scripts/tune_refit.py --calibration generated --settings 24:0.002:2   # self-calibration
 
 The refit of chapter 11 (SparseGPT's support on q/k, the kept weights refitted on ``--objective``,
 early stopping on ``--n-validation`` sequences of Austen's held-out split) is run with every
 ``--settings`` entry STEPS:LR:SEQUENCES[:ANCHOR] (Adam steps, step size, calibration sequences a
 step, and optionally the penalty μ toward SparseGPT's values; ``--window`` and ``--target`` as
-``RefitConfig``'s fields of those names; every other setting at
-``RefitConfig``'s default), beside Wanda and SparseGPT, on ``--n-calibration``
-sequences of Austen's calibration split, at every ρ. ``--calibration generated`` replaces Austen
-(calibration and early stopping, for every method alike) by sequences the dense model samples
-itself (:mod:`attnprune.llm.generate`, self-calibration); ``mixed`` takes half of each. Each is scored by perplexity on the **held-out**
-splits of Austen (*Northanger Abbey* and *Persuasion*) and of Lee (``lee.cor``): never the
-evaluation texts (*Emma*, ``lee_background.cor``) that the book reports, so a setting chosen here is
-not chosen on the numbers it is judged by. It prints, per setting and ρ, the seconds as a multiple of
-SparseGPT's, the perplexities, the fraction of the best baseline's gap to dense each closes
+``RefitConfig``'s fields of those names; every other setting at ``RefitConfig``'s default), beside
+Wanda and SparseGPT, on ``--n-calibration`` sequences of Austen's calibration split, at every ρ.
+``--calibration generated`` replaces Austen (calibration and early stopping, for every method
+alike) by sequences the dense model samples itself (:mod:`attnprune.llm.generate`,
+self-calibration); ``mixed`` takes ⌊n/2⌋ of Austen's and samples the rest. Each is scored by
+perplexity on the **held-out** splits of Austen (*Northanger Abbey* and *Persuasion*) and of Lee
+(``lee.cor``): never the evaluation texts (*Emma*, ``lee_background.cor``) that the book reports,
+so a setting chosen here is not chosen on the numbers it is judged by. It prints, per setting and ρ,
+the seconds as a multiple of SparseGPT's, the perplexities, the fraction of the best baseline's gap to dense each closes
 (:func:`~attnprune.experiments.reconstruction.gap_table`), and each setting's perplexity minus the
 first's with its 95% interval, paired over the held-out windows
 (:func:`~attnprune.records.noise.perplexity_comparison`). Results go to stdout (a Markdown table)

@@ -7,6 +7,7 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+import torch
 
 from attnprune.llm.refit import RefitConfig
 
@@ -65,6 +66,26 @@ def test_bad_refit_tune_settings_are_refused_by_name(settings, capsys):
 def test_a_bad_refit_objective_is_refused_by_name_before_the_model_loads():
     with pytest.raises(SystemExit, match="objective must be one of"):
         load_script("tune_refit").main(["--objective", "nope", "--model", "no-such-model"])
+
+
+def test_refit_tune_calibration_sources_are_austen_generated_or_half_each(small_llama, llama3_tokenizer):
+    from attnprune.llm.data import load_texts, token_sequences
+
+    script, model = load_script("tune_refit"), small_llama(vocab_size=128256)
+    austen = [token_sequences(llama3_tokenizer, load_texts("austen", "calibration"), n, 8) for n in (3, 1)]
+    assert torch.equal(script.calibration_ids(model, llama3_tokenizer, "austen", "calibration", 3, 8), austen[0])
+    mixed = script.calibration_ids(model, llama3_tokenizer, "mixed", "calibration", 3, 8)  # ⌊3/2⌋ Austen, 2 sampled
+    assert mixed.shape == (3, 8) and torch.equal(mixed[:1], austen[1]) and (mixed[1:, 0] == 128000).all()
+    calibration, held_out = (script.calibration_ids(model, llama3_tokenizer, "generated", split, 2, 8)
+                             for split in ("calibration", "heldout"))  # fmt: skip
+    assert torch.equal(calibration, mixed[1:]) and not torch.equal(calibration, held_out)  # seeds 0 and 1
+    assert script.parse(["--calibration", "generated"]).calibration == "generated"
+
+
+def test_a_bad_refit_tune_calibration_source_is_refused_by_name(capsys):
+    with pytest.raises(SystemExit):
+        load_script("tune_refit").parse(["--calibration", "lee"])
+    assert "--calibration" in capsys.readouterr().err
 
 
 def test_the_benchmark_times_sparsegpt_before_and_after_the_other_methods():
