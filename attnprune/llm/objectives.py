@@ -262,7 +262,9 @@ class AttentionOutput(Objective):
     def _dense_scales(self) -> Tensor:
         target = self.window.target_window()
         (dense,) = _by_chunks(target, lambda rows: (target.attention_output({}, rows),))
-        self._target = dense + self.window.drift(slice(None))  # (N, T, d): O(W⁰; X⁰) + H⁰ − H
+        self._target = dense  # (N, T, d): O(W⁰; X), or aiming at the dense model O(W⁰; X⁰) + H⁰ − H
+        if self.window.reference is not None:
+            self._target = dense + self.window.drift(slice(None))
         return dense.double().square().sum(dim=(1, 2))
 
     def error(self, weights: Weights, rows: Tensor) -> Tensor:
