@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from attnprune.core.checks import check_positive, check_positive_int
 from attnprune.llm.batches import batches, model_device
+from attnprune.llm.data import _check_seq_len
 
 
 def start_token_id(tokenizer) -> int:
@@ -73,8 +74,7 @@ def _check_arguments(
 ) -> None:
     check_positive_int("n_sequences", n_sequences)
     check_positive_int("batch_size", batch_size)
-    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 2:
-        raise ValueError(f"seq_len must be an integer ≥ 2 (tokens per sequence), got {seq_len!r}")
+    _check_seq_len(seq_len)
     vocab = model.config.vocab_size
     if isinstance(start_id, bool) or not isinstance(start_id, int) or not 0 <= start_id < vocab:
         raise ValueError(f"start_id must be a token id in [0, {vocab}), got {start_id!r}; see start_token_id")
