@@ -3,7 +3,7 @@ channels) and evaluate perplexity.
 
     attnprune prune --model M --method ours|wanda|sparsegpt|magnitude --sparsity R --calib DATA --out DIR
     attnprune prune --model M --method wanda|sparsegpt|magnitude [--objective frobenius|kl|output|block]
-                    [--scope qk|qkvo|all] [--n-validation 4] --sparsity R --calib DATA --out DIR
+                    [--scope qk|qkvo|all] [--n-validation 4] [--damping 0.3] --sparsity R --calib DATA --out DIR
     attnprune prune --structured --model M --method numerical|flap|wanda-sp|magnitude|random
                     --sparsity R [--allocation global|uniform] [--compensation refit|bias|none] --calib DATA --out DIR
     attnprune eval --model DIR --data DATA
@@ -441,6 +441,16 @@ def _reconstruction_options(prune: argparse.ArgumentParser) -> None:
         "held-out in-domain text better than the kept weights alone and tied out of domain (chapter 11). "
         f"pruned: the kept weights alone (default {REFIT.window}, RefitConfig's)",
     )
+    group.add_argument(
+        "--damping",
+        type=_nonnegative_float,
+        default=None,
+        help="with --method sparsegpt and --objective or --scope: SparseGPT's dampening λ of the support, "
+        "λ·mean(diag H) added to the diagonal of H = XᵀX (a ridge that leans the support toward the weights' "
+        f"magnitudes). Default with --objective: {REFIT.damping:g} (the recommended refit's; its refit "
+        "transferred to text unlike the calibration's better than from SparseGPT's own support, chapter 11); "
+        "without: SparseGPT's published 0.01",
+    )
 
 
 def _structured_options(prune: argparse.ArgumentParser) -> None:
@@ -745,7 +755,7 @@ def _check_method(args: argparse.Namespace) -> None:
             "--resume does not apply to --structured: it scores all layers from one dense pass, so there "
             "are no finished layers to resume from; rerun the command without --resume"
         )
-    other = ("layers", "capture", "objective", "scope", "n_validation", "refit_window", *OURS_OPTIONS)
+    other = ("layers", "capture", "objective", "scope", "n_validation", "refit_window", "damping", *OURS_OPTIONS)
     other = [key for key in other if getattr(args, key) is not None]
     if other:
         flags = ", ".join(f"--{key.replace('_', '-')}" for key in other)
@@ -843,6 +853,11 @@ def _check_reconstruction(args: argparse.Namespace) -> None:
         )
     if args.refit_window is not None and args.objective is None:
         raise CommandError("--refit-window applies to --objective only (what its refit moves)")
+    if args.damping is not None and (args.method != "sparsegpt" or not _reconstructs(args)):
+        raise CommandError(
+            "--damping applies to --method sparsegpt with --objective or --scope qkvo/all (the support of the "
+            "reconstruction); SparseGPT on q/k alone keeps its published 0.01"
+        )
     given = [key for key in OURS_OPTIONS if getattr(args, key) is not None]
     allowed = OURS_OPTIONS if args.method == "ours" else REFIT_OPTIONS if args.objective is not None else ()
     wrong = [key for key in given if key not in allowed]
@@ -875,6 +890,7 @@ RECONSTRUCT_NAMES = {
     "anchor": "--anchor",
     "sequences_per_step": "--sequences-per-step",
     "seed": "--seed",
+    "damping": "--damping",
 }
 """The names of :class:`~attnprune.llm.refit.ReconstructConfig` and
 :class:`~attnprune.llm.refit.RefitConfig` in their errors → the flags."""
@@ -892,7 +908,9 @@ def _reconstruct_config(args: argparse.Namespace):
             window = {} if args.refit_window is None else {"window": args.refit_window}
             refit = RefitConfig(objective=args.objective, seed=args.seed, **options, **window)
         layers = None if args.layers is None else tuple(args.layers)
-        config = ReconstructConfig(args.method, args.sparsity, args.scope, refit, layers, args.batch_size)
+        config = ReconstructConfig(
+            args.method, args.sparsity, args.scope, refit, layers, args.batch_size, damping=args.damping
+        )
     except ValueError as error:
         pattern = "|".join(re.escape(name) for name in RECONSTRUCT_NAMES)
         text = re.sub(rf"(?<![\w-])({pattern})(?= '| must|=)", lambda m: RECONSTRUCT_NAMES[m[1]], _one_line(error))

@@ -4,13 +4,16 @@ chapter evaluates on, against the baselines given the same calibration data.
     .venv/bin/python scripts/tune_refit.py      # RefitConfig's defaults against three other settings
     .venv/bin/python scripts/tune_refit.py --rhos 0.7 --settings 24:0.002:2 24:0.002:2:1   # mu = 1
     .venv/bin/python scripts/tune_refit.py --calibration generated --settings 24:0.002:2   # self-calibration
+    .venv/bin/python scripts/tune_refit.py --damping 0.01 --settings 24:0.002:2   # SparseGPT's own λ
 
 The refit of chapter 11 (SparseGPT's support on q/k, the kept weights refitted on ``--objective``,
 early stopping on ``--n-validation`` sequences of Austen's held-out split) is run with every
 ``--settings`` entry STEPS:LR:SEQUENCES[:ANCHOR] (Adam steps, step size, calibration sequences a
-step, and optionally the penalty μ toward SparseGPT's values; ``--window`` and ``--target`` as
-``RefitConfig``'s fields of those names; every other setting at ``RefitConfig``'s default), beside
-Wanda and SparseGPT, on ``--n-calibration`` sequences of Austen's calibration split, at every ρ.
+step, and optionally the penalty μ toward SparseGPT's values; ``--window``, ``--target`` and
+``--damping`` as ``RefitConfig``'s fields of those names; every other setting at
+``RefitConfig``'s default), beside Wanda and SparseGPT (and SparseGPT alone at the refit's λ when
+that is not its published 0.01), on ``--n-calibration`` sequences of Austen's calibration split,
+at every ρ.
 ``--calibration generated`` replaces Austen (calibration and early stopping, for every method
 alike) by sequences the dense model samples itself (:mod:`attnprune.llm.generate`,
 self-calibration); ``mixed`` takes ⌊n/2⌋ of Austen's and samples the rest. Each is scored by
@@ -57,6 +60,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "--window",
         default="all",
         help="what the refit moves: all (the dense v_proj/o_proj too) or pruned (default: all, RefitConfig's)",
+    )
+    parser.add_argument(
+        "--damping",
+        type=float,
+        default=None,
+        help="SparseGPT's dampening λ of the refit's support (default: RefitConfig's); when not SparseGPT's "
+        "published 0.01, SparseGPT alone at this λ is scored too (the support's share of the refit's gain)",
     )
     parser.add_argument(
         "--calibration",
@@ -136,13 +146,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     from attnprune.llm.data import evaluation_sequences, load_texts
     from attnprune.llm.models import load_model
-    from attnprune.llm.refit import RefitConfig
+    from attnprune.llm.refit import PUBLISHED_DAMPING, RefitConfig
     from attnprune.records.noise import perplexity_comparison
     from attnprune.records.results import provenance, write_json
 
     # the settings first, so that a bad --objective is refused before the model loads
     try:
-        settings = {name: Setting(name) for name in BASELINES} | {
+        damping = RefitConfig().damping if args.damping is None else args.damping
+        refits = {
             _label(steps, lr, sequences, mu): Setting(
                 "sparsegpt",
                 args.objective,
@@ -153,11 +164,14 @@ def main(argv: list[str] | None = None) -> int:
                     sequences_per_step=sequences,
                     target=args.target,
                     window=args.window,
+                    damping=damping,
                     **_anchor(mu),
                 ),
             )
             for steps, lr, sequences, mu in args.settings
         }
+        support = [] if damping == PUBLISHED_DAMPING else [Setting("sparsegpt", damping=damping)]
+        settings = {name: Setting(name) for name in BASELINES} | {s.label: s for s in support} | refits
     except ValueError as error:  # one line naming the argument, as argparse does
         raise SystemExit(f"tune_refit.py: error: {error}") from None
     model, tokenizer = load_model(args.model)
@@ -180,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     table = timing.set_index(["candidate", "rho"])[["seconds", "× SparseGPT"]]
     table = table.join(perplexity.pivot_table(index=["candidate", "rho"], columns="data", values="perplexity"))
     table = table.join(gaps.add_prefix("gap closed, "))
-    reference, *others = [name for name in settings if name not in BASELINES]
+    reference, *others = refits
     if others:  # each other setting minus the first, paired over the held-out windows
         versus = pd.concat(perplexity_comparison(perplexity, n, [reference]).assign(candidate=n) for n in others)
         versus["text"] = [difference.text(2) for difference in versus["difference"]]

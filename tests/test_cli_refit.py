@@ -68,7 +68,7 @@ def test_help_mentions_every_new_flag(capsys):
     text = " ".join(capsys.readouterr().out.split())
     for part in ("--objective", "--scope", "--n-validation", "frobenius", "kl", "output", "block", "qkvo",
                  "recommended", "D²Prune", "needed for --scope all", "with --objective: Adam steps",
-                 "--refit-window"):  # fmt: skip
+                 "--refit-window", "--damping", "published 0.01"):  # fmt: skip
         assert part in text, part
 
 
@@ -104,7 +104,14 @@ def test_scope_qkvo_with_output(paths, tmp_path, capsys):
     out = tmp_path / "qkvo"
     summary = _run_ok(_refit(paths, out, "--objective", "output", "--scope", "qkvo", method="sparsegpt"), capsys)
     assert summary["scope"] == "qkvo" and set(summary["sparsity_summary"]["by_name"]) == {"q", "k", "v", "o"}
+    assert summary["config"]["damping"] is None and summary["config"]["refit"]["damping"] == cli.REFIT.damping
     _check_rows(out, ("q", "k", "v", "o"))
+    own = tmp_path / "own"  # SparseGPT's published dampening: another support
+    argv = _refit(paths, own, "--objective", "output", "--scope", "qkvo", "--damping", "0.01", method="sparsegpt")
+    assert _run_ok(argv, capsys)["config"]["damping"] == 0.01
+    ours, theirs = load_file(out / "model.safetensors"), load_file(own / "model.safetensors")
+    name = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(ours[name] == 0, theirs[name] == 0)
 
 
 def test_scope_all_with_block(paths, tmp_path, capsys):
@@ -162,6 +169,10 @@ BAD = {
     "objective-unknown": (("--objective", "mse"), "wanda", ["--objective", "invalid choice"]),
     "scope-unknown": (("--scope", "mlp"), "wanda", ["--scope", "invalid choice"]),
     "objective-with-structured": (("--structured", "--objective", "output"), "flap", ["--objective", "--structured"]),
+    "damping-without-objective": (("--damping", "0.1"), "sparsegpt", ["--damping", "--objective"]),
+    "damping-with-wanda": (("--objective", "output", "--damping", "0.1"), "wanda", ["--damping", "sparsegpt"]),
+    "damping-negative": (("--objective", "output", "--damping", "-1"), "sparsegpt", ["--damping"]),
+    "damping-with-structured": (("--structured", "--damping", "0.1"), "flap", ["--damping", "--structured"]),
 }
 
 

@@ -41,23 +41,27 @@ REFIT_PIPELINE, PAPER_PIPELINE = "reconstruct_model", "prune_model"
 class Setting:
     """One method of the sweep: the support of ``support`` on ``scope``, refitted on ``objective``
     with ``refit``'s other settings (``objective=None``: the linear method alone), ρ spread over the
-    layers by ``allocation`` ("uniform" or OWL's "owl"). ``label`` names it (without the allocation)."""
+    layers by ``allocation`` ("uniform" or OWL's "owl"), SparseGPT's dampening ``damping`` (None:
+    :attr:`ReconstructConfig.support_damping`'s rule). ``label`` names it (without the allocation;
+    with λ when ``damping`` is given)."""
 
     support: str
     objective: str | None = None
     scope: str = "qk"
     refit: RefitConfig = field(default_factory=RefitConfig)
     allocation: str = "uniform"
+    damping: float | None = None
 
     @property
     def label(self) -> str:
-        if self.objective is None:
-            return self.support
-        return f"{self.support} + refit ({self.objective})"
+        name = self.support if self.damping is None else f"{self.support} (λ = {self.damping:g})"
+        return name if self.objective is None else f"{name} + refit ({self.objective})"
 
     def config(self, sparsity: float, *, layers: list[int] | None = None, batch_size: int = 8) -> ReconstructConfig:
         refit = None if self.objective is None else replace(self.refit, objective=self.objective)
-        return ReconstructConfig(self.support, sparsity, self.scope, refit, layers, batch_size, self.allocation)
+        return ReconstructConfig(
+            self.support, sparsity, self.scope, refit, layers, batch_size, self.allocation, self.damping
+        )
 
 
 def sweep_settings(

@@ -107,9 +107,9 @@ class LayerWindow:
 
     def drift(self, rows: Tensor) -> Tensor:
         """H⁰ − H (b, T, d) of the sequences ``rows``: what the layers below changed in the residual
-        stream (zero without a reference)."""
+        stream (a window with a reference only)."""
         if self.reference is None:
-            return torch.zeros_like(self.hidden[rows])
+            raise ValueError("drift needs the dense model's hidden states: build the window with a reference")
         return self.reference[rows] - self.hidden[rows]
 
     @property

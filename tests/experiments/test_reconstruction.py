@@ -55,6 +55,14 @@ def test_settings_are_the_baselines_the_recommended_refit_then_one_factor_at_a_t
         Setting("wanda", "kl", scope="qkvo").config(0.5)
 
 
+def test_a_setting_with_its_own_dampening_says_so_in_its_label():
+    damped = Setting("sparsegpt", damping=0.3)
+    assert damped.label == "sparsegpt (λ = 0.3)" and damped.config(0.5).support_damping == 0.3
+    assert Setting("sparsegpt").config(0.5).support_damping == 0.01  # SparseGPT alone: its published λ
+    refitted = Setting("sparsegpt", "output", refit=RefitConfig(damping=0.1))
+    assert refitted.label == "sparsegpt + refit (output)" and refitted.config(0.5).support_damping == 0.1
+
+
 def test_times_are_multiples_of_sparsegpt_run_through_the_same_pipeline():
     timing = pd.DataFrame(
         [("sparsegpt", "refit", 0.5, 20.0), ("x + refit", "refit", 0.5, 80.0), ("x + refit", "refit", 0.7, 90.0),

@@ -6,10 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from attnprune.core.baselines import hessian, linear_prune, sparsegpt_prune
 from attnprune.core.masks import n_pruned
 from attnprune.llm.objectives import objective_for
 from attnprune.llm.prune import PruneConfig, prune_model
 from attnprune.llm.refit import (
+    PUBLISHED_DAMPING,
     SCOPES,
     ReconstructConfig,
     RefitConfig,
@@ -55,6 +57,25 @@ def test_the_linear_support_of_every_scope_is_exactly_sparse(window, method):
         assert set(weights) == set(names) == set(masks), scope
         assert exact_rows(weights, 0.5)
         assert all(torch.equal(weights[n] * masks[n], weights[n]) for n in names)
+
+
+def test_the_sparsegpt_support_takes_its_dampening(window):
+    X = window.linear_inputs({}, ["q"])["q"]  # (N, T, d): q_proj's input
+    H = hessian(X, window.dense("q"))
+    for damping in (PUBLISHED_DAMPING, 0.3):
+        weights, masks = linear_support(window, "sparsegpt", ("q",), 0.5, damping)
+        expected = sparsegpt_prune(window.dense("q"), None, 0.5, H=H, percdamp=damping)
+        assert torch.equal(weights["q"], expected.weight) and torch.equal(masks["q"], expected.mask)
+    published, _ = linear_support(window, "sparsegpt", ("q",), 0.5)  # the default: SparseGPT's own 0.01
+    assert torch.equal(published["q"], linear_prune("sparsegpt", window.dense("q"), X, 0.5).weight)
+    assert not torch.equal(published["q"], weights["q"])
+
+
+def test_the_support_dampening_defaults_to_the_refits_with_a_refit_and_to_the_published_without():
+    assert ReconstructConfig("sparsegpt", 0.5, refit=None).support_damping == PUBLISHED_DAMPING == 0.01
+    assert ReconstructConfig("sparsegpt", 0.5).support_damping == RefitConfig().damping == 0.3
+    assert ReconstructConfig("sparsegpt", 0.5, refit=RefitConfig(damping=0.1)).support_damping == 0.1
+    assert ReconstructConfig("sparsegpt", 0.5, refit=None, damping=0.2).support_damping == 0.2
 
 
 def test_the_refit_lowers_the_objective_and_keeps_the_support(window):
@@ -121,7 +142,7 @@ def test_a_linear_method_alone_does_not_run_the_validation_sequences(model, ids)
 def test_the_validation_start_is_the_linear_methods_held_out_error(model, ids, make_window):
     config = ReconstructConfig("sparsegpt", 0.5, refit=RefitConfig(steps=2), layers=(0,), batch_size=2)
     _, report = reconstruct_model(model, ids[:4], config, validation_ids=ids[4:])
-    start, _ = linear_support(make_window(model, ids[:4], index=0), "sparsegpt", SCOPES["qk"], 0.5)
+    start, _ = linear_support(make_window(model, ids[:4], index=0), "sparsegpt", SCOPES["qk"], 0.5, 0.3)
     expected = objective_for("output", make_window(model, ids[4:], index=0)).relative_error(start, 2)
     assert report.n_validation == 2
     assert report.per_layer[0].validation_start == pytest.approx(expected, rel=1e-5)
@@ -156,6 +177,9 @@ def test_reconstruct_model_refits_every_layer_and_leaves_the_model_untouched(mod
         (lambda: ReconstructConfig("wanda", 0.5, scope="qkvo", refit=RefitConfig(objective="kl")), "does not depend"),
         (lambda: ReconstructConfig("wanda", 0.5, scope="all", refit=RefitConfig()), "does not depend"),
         (lambda: ReconstructConfig("wanda", 0.5, layers=[True]), "layers"),
+        (lambda: RefitConfig(damping=-0.1), "damping"),
+        (lambda: ReconstructConfig("sparsegpt", 0.5, damping=-0.1), "damping"),
+        (lambda: ReconstructConfig("wanda", 0.5, damping=0.1), "damping is the dampening of SparseGPT"),
     ],
 )
 def test_bad_settings_are_refused_naming_the_argument(make, match):
